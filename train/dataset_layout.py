@@ -1,0 +1,45 @@
+"""The dataset layout every script agrees on.
+
+    DATA_DIR/train/*.parquet        one document per row, column "text"
+    DATA_DIR/validation/*.parquet
+    DATA_DIR/dataset_info.txt       human-readable provenance and sizes
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SPLITS = ("train", "validation")
+TEXT_COLUMN = "text"
+INFO_FILE = "dataset_info.txt"
+
+HOW_TO_CREATE = (
+    "Create it with either\n"
+    "  uv run train/download_subset.py --output_dir {d}\n"
+    "  uv run train/prepare_subset.py --data_dir {d}\n"
+    "or, for the full OpenWebText (~24 GB):\n"
+    "  uv run train/download_openwebtext.py --output_dir {d}"
+)
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """DATA_DIR lacks a split; the message says which commands create it."""
+
+
+def split_files(data_dir: Path | str, split: str) -> list[Path]:
+    """The parquet files of one split, sorted by name (empty if the folder is missing)."""
+    folder = Path(data_dir) / split
+    return sorted(folder.glob("*.parquet")) if folder.is_dir() else []
+
+
+def find_dataset(data_dir: Path | str) -> dict[str, list[Path]]:
+    """Return {split: parquet files} for train and validation, or raise DatasetNotFoundError."""
+    data_dir = Path(data_dir)
+    files = {split: split_files(data_dir, split) for split in SPLITS}
+    missing = [split for split, paths in files.items() if not paths]
+    if missing:
+        what = " and ".join(f"{split}/*.parquet" for split in missing)
+        raise DatasetNotFoundError(
+            f"Dataset not found: {data_dir} (no {what}). " + HOW_TO_CREATE.format(d=data_dir)
+        )
+    return files
