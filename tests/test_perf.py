@@ -1,0 +1,285 @@
+"""Tests of train/perf.py and of the numerics of every speed trick benchmarks/bench_train.py
+measures (vocab padding, fused QKV, gradient checkpointing, bf16 autocast, fused AdamW)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import perf
+import pytest
+import torch
+from model import LlamaForTraining, ModelConfig
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 64}
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_train", REPO / "benchmarks" / "bench_train.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench()
+
+
+def tiny_model(seed: int = 0, **overrides) -> LlamaForTraining:
+    torch.manual_seed(seed)
+    return LlamaForTraining(ModelConfig(**{**TINY, "vocab_size": 300, **overrides}))
+
+
+def batch(vocab: int = 300, B: int = 2, T: int = 16, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.randint(0, vocab, (B, T + 1), generator=g)
+    return xy[:, :-1], xy[:, 1:]
+
+
+# --- tune_cpu_allocator -----------------------------------------------------------------------
+
+RSS_PROBE = """
+import sys; sys.path.insert(0, {train!r})
+import perf
+tuned = perf.tune_cpu_allocator()
+assert perf.tune_cpu_allocator() == tuned  # idempotent
+before = perf.cpu_rss_bytes()
+block = bytearray(256 << 20)  # 256 MiB, touched (zeroed)
+del block
+print(tuned, (perf.cpu_rss_bytes() - before) >> 20)
+"""
+
+
+def _rss_probe(env_extra: dict[str, str]) -> tuple[str, int]:
+    env = {**os.environ, **env_extra}
+    out = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE.format(train=str(REPO / "train"))],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout.split()
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.uname().machine not in ("x86_64", "aarch64"),
+    reason="glibc allocator behaviour is Linux-specific",
+)
+def test_tune_cpu_allocator_keeps_freed_memory_in_the_process():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    # Default glibc: a 256 MiB block is mmap'd and munmap'd on free -> RSS falls back.
+    tuned, kept = _rss_probe({"OWT_NO_MALLOC_TUNING": "1"})
+    assert tuned == "False" and kept < 64
+    # Tuned: served from the heap and not trimmed -> the next step reuses it without syscalls.
+    tuned, kept = _rss_probe({"OWT_NO_MALLOC_TUNING": "0"})
+    assert tuned == "True" and kept >= 200
+
+
+def test_tune_cpu_allocator_is_a_safe_no_op_elsewhere(monkeypatch):
+    monkeypatch.setattr(perf, "_allocator_tuned", None)
+    monkeypatch.setattr(perf.sys, "platform", "darwin")
+    assert perf.tune_cpu_allocator() is False
+    monkeypatch.setattr(perf, "_allocator_tuned", None)  # let a later call re-evaluate
+
+
+# --- FLOPs and peak -------------------------------------------------------------------------
+
+
+def test_model_flops_per_token_is_6n_plus_attention():
+    config = ModelConfig(**{**TINY, "vocab_size": 300})
+    model = LlamaForTraining(config)
+    T = 32
+    L, H, Q = config.num_layers, config.num_heads, config.head_dim
+    expected = 6 * model.num_parameters() + 12 * L * H * Q * T  # tied weight counted once
+    assert perf.model_flops_per_token(config, T) == expected
+    gpt2 = ModelConfig()  # 124M shape: N = 123.55M incl. the 38.6M LM head
+    assert perf.model_flops_per_token(gpt2, 1024) == pytest.approx(
+        6 * 123_551_232 + 12 * 12 * 768 * 1024, rel=0
+    )
+
+
+def test_model_flops_match_a_flop_counter():
+    """The formula counts what actually runs, per torch's FLOP counter over forward + backward:
+    the matmuls are exactly 6N (less the RMSNorm gains, which the formula counts as 6 FLOPs each
+    and the counter not at all) and attention's forward is exactly a third of 12*L*H*Q*T. (The
+    counter charges the flash backward 2.5x the forward, since it recomputes Q K^T: hardware
+    FLOPs, not model FLOPs, which is why MFU uses the formula.)"""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = ModelConfig(**{**TINY, "vocab_size": 300})
+    model = LlamaForTraining(config)
+    x, y = batch(T=32)
+    with FlopCounterMode(display=False) as counter:
+        model(x, y)[1].backward()
+    counts = {str(op): n / x.numel() for op, n in counter.get_flop_counts()["Global"].items()}
+    L, H, Q, T = config.num_layers, config.num_heads, config.head_dim, 32
+    norms = (2 * L + 1) * config.hidden_size
+    attention = 12 * L * H * Q * T
+    assert counts["aten.mm"] == perf.model_flops_per_token(config, T) - 6 * norms - attention
+    sdpa_forward = [n for op, n in counts.items() if "attention" in op and "backward" not in op]
+    assert sdpa_forward == [attention / 3]
+
+
+def test_measure_matmul_peak_is_plausible():
+    flops = perf.measure_matmul_peak("cpu", torch.float32, n=256, repeats=2, min_seconds=0.01)
+    assert math.isfinite(flops) and 1e8 < flops < 1e14
+
+
+# --- dtype choice ---------------------------------------------------------------------------
+
+
+def test_resolve_dtype():
+    assert perf.resolve_dtype("cpu", "auto") == torch.float32
+    assert perf.resolve_dtype("mps", "auto") == torch.float32
+    assert perf.resolve_dtype("cpu", "bf16") == torch.bfloat16
+    assert perf.resolve_dtype("cpu", "float32") == torch.float32
+    with pytest.raises(ValueError, match="unknown dtype"):
+        perf.resolve_dtype("cpu", "int8")
+    assert isinstance(perf.cpu_supports_bf16(), bool)
+
+
+def test_autocast_context():
+    with perf.autocast_context("cpu", torch.float32):
+        assert not torch.is_autocast_enabled("cpu")
+    with perf.autocast_context("cpu", torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+
+
+def test_peak_memory_on_cpu():
+    perf.reset_peak_memory("cpu")
+    base = perf.cpu_rss_bytes()
+    block = torch.ones(32 << 20, dtype=torch.uint8)  # 32 MiB, touched
+    peak = perf.peak_memory_bytes("cpu")
+    del block
+    assert peak >= base + (30 << 20)
+
+
+# --- numerics of the speed tricks -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("pad_mode", ["slice", "mask"])
+def test_padded_vocab_gives_the_same_loss_and_training(bench, pad_mode):
+    """Pad 300 -> 320 rows: loss, grads of real rows and 3 AdamW steps match the unpadded model;
+    padded rows get exactly zero gradient, so they never influence anything."""
+    ref = tiny_model()
+    padded = tiny_model(vocab_size=320)
+    with torch.no_grad():
+        for p, q in zip(ref.parameters(), padded.parameters(), strict=True):
+            q[: p.size(0)].copy_(p)
+    opt_ref = torch.optim.AdamW(ref.parameters(), lr=1e-2)
+    opt_pad = torch.optim.AdamW(padded.parameters(), lr=1e-2)
+    for step in range(3):
+        x, y = batch(seed=step)
+        loss_ref = ref(x, y)[1]
+        loss_pad = bench.variant_forward(padded, x, y, real_vocab=300, pad_mode=pad_mode)
+        torch.testing.assert_close(loss_pad, loss_ref, rtol=1e-6, atol=1e-6)
+        loss_ref.backward()
+        loss_pad.backward()
+        g_pad = padded.model.embed_tokens.weight.grad
+        torch.testing.assert_close(g_pad[:300], ref.model.embed_tokens.weight.grad)
+        assert torch.count_nonzero(g_pad[300:]) == 0
+        opt_ref.step()
+        opt_pad.step()
+        opt_ref.zero_grad()
+        opt_pad.zero_grad()
+
+
+def test_gradient_checkpointing_gives_identical_loss_and_grads(bench):
+    a, b = tiny_model(), tiny_model()
+    x, y = batch()
+    loss_a = a(x, y)[1]
+    loss_b = bench.variant_forward(b, x, y, real_vocab=300, checkpointing=True)
+    assert torch.equal(loss_a, loss_b)
+    loss_a.backward()
+    loss_b.backward()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_fused_qkv_gives_the_same_loss(bench):
+    a, b = tiny_model(), tiny_model()
+    bench.fuse_qkv(b)
+    x, y = batch()
+    torch.testing.assert_close(b(x, y)[1], a(x, y)[1], rtol=1e-6, atol=1e-6)
+
+
+def test_fused_adamw_on_cpu_matches_foreach():
+    a, b = tiny_model(), tiny_model()
+    opt_a = torch.optim.AdamW(a.parameters(), lr=1e-2, foreach=True)
+    opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, fused=True)
+    for step in range(3):
+        x, y = batch(seed=step)
+        for m, opt in ((a, opt_a), (b, opt_b)):
+            m(x, y)[1].backward()
+            opt.step()
+            opt.zero_grad()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not perf.cpu_supports_bf16(), reason="no native bf16 on this CPU")
+def test_bf16_autocast_trains_like_fp32():
+    """30 steps on a learnable sequence: the bf16 autocast loss curve tracks fp32's."""
+    curves = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        model = tiny_model(vocab_size=64)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        curve = []
+        for _ in range(30):
+            start = torch.randint(0, 64, (8, 1), generator=g)
+            xy = (start + 3 * torch.arange(33)) % 64  # next token = current + 3 (mod 64)
+            with perf.autocast_context("cpu", dtype):
+                loss = model(xy[:, :-1], xy[:, 1:])[1]
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            curve.append(loss.item())
+        curves[dtype] = curve
+    fp32, bf16 = curves[torch.float32], curves[torch.bfloat16]
+    assert fp32[-1] < 0.5 * fp32[0]  # it learns
+    assert abs(bf16[0] - fp32[0]) < 0.02 * fp32[0]
+    assert abs(bf16[-1] - fp32[-1]) < 0.1 * fp32[0]
+
+
+# --- the benchmark itself -------------------------------------------------------------------
+
+
+def test_bench_train_runs_and_reports(bench, capsys):
+    rc = bench.main(
+        [
+            "--shapes",
+            "1x64x16x2",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--in_process",
+            "--data_tokens",
+            "4096",
+            "--no_peak",
+            "--pad_vocab",
+            "64",
+            "--gradient_checkpointing",
+        ]
+    )
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    (result,) = report["results"]
+    assert result["vocab_size"] == 50304 and result["tokens_per_s"] > 0
+    assert set(result["breakdown_s_median"]) == {"data", "fwd_bwd", "optimizer"}
+    assert result["peak_memory_bytes"] > 0
+    assert 10 < result["loss_first"] < 11.5  # ~ln(50257): padded logits are excluded
