@@ -4,6 +4,7 @@ token embedding -> N x [RMSNorm -> causal attention with RoPE -> +residual,
                         RMSNorm -> SwiGLU MLP -> +residual] -> RMSNorm -> LM head (tied)
 
 Parameter names follow transformers' LlamaForCausalLM, so a state dict loads there unchanged.
+Passing a KVCache to forward() decodes incrementally: each call runs only the new tokens.
 """
 
 from __future__ import annotations
@@ -73,6 +74,32 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).type_as(x)
 
 
+class KVCache:
+    """Keys and values of the positions already run, so decoding a token runs only that token.
+
+    Preallocated for `max_len` positions (writes in place, no concatenation per step); `length`
+    is how many are filled, which is also the position of the next token fed to the model.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if max_len > config.max_position_embeddings:
+            raise ValueError(
+                f"KVCache max_len {max_len} > max_position_embeddings "
+                f"{config.max_position_embeddings}; shorten the prompt or generate fewer tokens."
+            )
+        shape = (config.num_layers, 2, batch_size, config.num_heads, max_len, config.head_dim)
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)
+        self.max_len = max_len
+        self.length = 0
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -82,14 +109,31 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(h, h, bias=False)
         self.o_proj = nn.Linear(h, h, bias=False)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv: torch.Tensor | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = (
             proj(x).view(B, T, self.num_heads, self.head_dim).transpose(1, 2)
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if kv is None:  # training / full sequence
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # decoding: append to this layer's (2, B, heads, max_len, head_dim) cache
+            end = start + T
+            kv[0, :, :, start:end], kv[1, :, :, start:end] = k, v
+            mask = None  # one new token may attend to every cached position
+            if T > 1:  # is_causal aligns top-left, but query i sits at position start + i
+                mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)
+            y = F.scaled_dot_product_attention(
+                q, kv[0, :, :, :end], kv[1, :, :, :end], attn_mask=mask
+            )
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -113,8 +157,15 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv: torch.Tensor | None = None,
+        start: int = 0,
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv, start)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -155,16 +206,28 @@ class LlamaForTraining(nn.Module):
         return sum(p.numel() for p in self.parameters())  # the tied weight counts once
 
     def forward(
-        self, input_ids: torch.Tensor, targets: torch.Tensor | None = None
+        self,
+        input_ids: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (logits, loss); loss is the mean next-token cross-entropy when targets given."""
+        """Return (logits, loss); loss is the mean next-token cross-entropy when targets given.
+
+        With `kv_cache`, `input_ids` continue the sequence the cache holds (positions start at
+        kv_cache.length), attend to it, and are appended to it.
+        """
         T = input_ids.size(1)
-        if T > self.config.max_position_embeddings:
-            raise ValueError(f"sequence length {T} > max_position_embeddings")
-        cos, sin = self.rope_cos[:T], self.rope_sin[:T]
+        start = 0 if kv_cache is None else kv_cache.length
+        limit = self.config.max_position_embeddings if kv_cache is None else kv_cache.max_len
+        if start + T > limit:
+            what = "max_position_embeddings" if kv_cache is None else "the KVCache's max_len"
+            raise ValueError(f"sequence length {start + T} > {what}")
+        cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.model.embed_tokens(input_ids)
-        for block in self.model.layers:
-            x = block(x, cos, sin)
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, None if kv_cache is None else kv_cache.kv[i], start)
+        if kv_cache is not None:
+            kv_cache.length += T
         logits = self.lm_head(self.model.norm(x))
         loss = None
         if targets is not None:
