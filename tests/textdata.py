@@ -34,7 +34,7 @@ def write_parquet(path: Path, texts: list[str], row_group_size: int = 1000) -> P
 
 
 def write_layout(data_dir: Path, train: list[str], validation: list[str]) -> Path:
-    """A dataset in the layout of the guide: train/ and validation/ parquet plus dataset_info.txt."""
+    """A dataset in the guide's layout: train/ and validation/ parquet, dataset_info.txt."""
     write_parquet(data_dir / "train" / "part-0.parquet", train)
     write_parquet(data_dir / "validation" / "part-0.parquet", validation)
     (data_dir / "dataset_info.txt").write_text("source: Python documentation (test fixture)\n")

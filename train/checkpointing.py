@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from model import LlamaForTraining, ModelConfig
 
 
@@ -36,6 +37,7 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -45,6 +47,12 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -73,3 +81,27 @@ def model_from_checkpoint(
     model = LlamaForTraining(config)
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
+
+
+def resumable_checkpoints(output_dir: Path | str) -> list[Path]:
+    """checkpoint_last.pt and checkpoint_epoch_*.pt in `output_dir`, newest first."""
+    output_dir = Path(output_dir)
+    paths = [output_dir / "checkpoint_last.pt", *output_dir.glob("checkpoint_epoch_*.pt")]
+    return sorted(
+        (p for p in paths if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True
+    )
+
+
+def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Human-readable 'key: saved -> current' for every key whose value differs."""
+    return [
+        f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
+        for key in sorted(set(saved) | set(current))
+        if saved.get(key) != current.get(key)
+    ]
+
+
+def remove_stale_temp_files(output_dir: Path | str) -> None:
+    """Delete temp files a killed save left behind (they never carry a checkpoint's name)."""
+    for tmp in Path(output_dir).glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,157 @@
+"""Tokenize each split once into a flat file of token ids, reused by later runs.
+
+    DATA_DIR/token_cache/<fingerprint>/train.bin         uint16 (uint32 if the vocabulary needs it)
+    DATA_DIR/token_cache/<fingerprint>/validation.bin
+    DATA_DIR/token_cache/<fingerprint>/meta.json         written last: its presence means complete
+
+The fingerprint covers the tokenizer and every dataset file (name, size, mtime), so a changed
+tokenizer or dataset gets a fresh cache. Documents are read one parquet record batch at a time,
+so memory stays bounded whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from dataset_layout import TEXT_COLUMN
+from tokenization import TextEncoder
+
+CACHE_DIRNAME = "token_cache"
+META_FILE = "meta.json"
+READ_BATCH_DOCUMENTS = 1024
+
+
+class DatasetFileError(ValueError):
+    """A parquet file is unreadable or lacks the text column."""
+
+
+@dataclass
+class TokenCache:
+    """A complete cache: one token file per split."""
+
+    directory: Path
+    fingerprint: str
+    dtype: str
+    num_tokens: dict[str, int]
+
+    def path(self, split: str) -> Path:
+        return self.directory / f"{split}.bin"
+
+    def tokens(self, split: str) -> np.memmap:
+        """The split's tokens as a read-only memmap (never loaded into RAM whole)."""
+        return np.memmap(self.path(split), dtype=self.dtype, mode="r")
+
+
+def token_dtype(vocab_size: int) -> str:
+    return "uint16" if vocab_size <= 2**16 else "uint32"
+
+
+def dataset_fingerprint(files: dict[str, list[Path]], encoder: TextEncoder) -> str:
+    """Hash of the tokenizer and each file's split, name, size and modification time."""
+    h = hashlib.sha256(f"tokenizer={encoder.fingerprint}\n".encode())
+    for split in sorted(files):
+        for f in files[split]:
+            st = f.stat()
+            h.update(f"{split}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _text_batches(path: Path):
+    try:
+        parquet = pq.ParquetFile(path)
+        if TEXT_COLUMN not in parquet.schema_arrow.names:
+            raise DatasetFileError(
+                f"{path} has no '{TEXT_COLUMN}' column (columns: {parquet.schema_arrow.names})."
+            )
+        for batch in parquet.iter_batches(batch_size=READ_BATCH_DOCUMENTS, columns=[TEXT_COLUMN]):
+            yield [t for t in batch.column(0).to_pylist() if t]
+    except DatasetFileError:
+        raise
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...
+        raise DatasetFileError(f"Cannot read {path} as parquet: {exc}") from exc
+
+
+def count_documents(files: list[Path]) -> int:
+    """Rows in the files, from parquet metadata (no data read)."""
+    try:
+        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    except Exception as exc:
+        raise DatasetFileError(f"Cannot read parquet metadata: {exc}") from exc
+
+
+def build_token_cache(
+    files: list[Path], encoder: TextEncoder, dest: Path, desc: str = "tokenizing"
+) -> int:
+    """Tokenize `files` into `dest` (EOS after each document); return the number of tokens.
+
+    Writes to a temp file beside `dest` and renames it at the end, so an interrupted or failed
+    build (Ctrl-C, disk full) never leaves a file under `dest`.
+    """
+    dtype = token_dtype(encoder.vocab_size)
+    eos = encoder.eos_token_id
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    os.fchmod(fd, 0o644)
+    total = 0
+    try:
+        with (
+            os.fdopen(fd, "wb") as out,
+            tqdm(total=count_documents(files), desc=desc, unit="doc", unit_scale=True) as bar,
+        ):
+            for path in files:
+                for texts in _text_batches(path):
+                    ids = encoder.encode_batch(texts)
+                    for doc in ids:
+                        doc.append(eos)
+                    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype)
+                    out.write(flat.tobytes())
+                    total += flat.size
+                    bar.update(len(texts))
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return total
+
+
+def load_or_build_token_cache(
+    data_dir: Path, files: dict[str, list[Path]], encoder: TextEncoder
+) -> tuple[TokenCache, bool]:
+    """Return the cache for these files and tokenizer, building it if needed; (cache, built)."""
+    fingerprint = dataset_fingerprint(files, encoder)
+    directory = Path(data_dir) / CACHE_DIRNAME / fingerprint
+    meta_path = directory / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        return TokenCache(directory, fingerprint, meta["dtype"], meta["num_tokens"]), False
+
+    directory.mkdir(parents=True, exist_ok=True)
+    num_tokens = {
+        split: build_token_cache(
+            paths, encoder, directory / f"{split}.bin", desc=f"tokenizing {split}"
+        )
+        for split, paths in files.items()
+    }
+    cache = TokenCache(directory, fingerprint, token_dtype(encoder.vocab_size), num_tokens)
+    meta = {
+        "fingerprint": fingerprint,
+        "dtype": cache.dtype,
+        "num_tokens": num_tokens,
+        "tokenizer": encoder.name,
+        "files": {s: [p.name for p in paths] for s, paths in files.items()},
+    }
+    tmp = meta_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, meta_path)  # the commit point: only now does the cache count as complete
+    return cache, True

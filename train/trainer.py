@@ -1,0 +1,414 @@
+"""The training loop: accumulation, clipping, schedule, evaluation, checkpoints, recovery.
+
+One Trainer per process. Only the main rank writes files or prints; under torchrun the model is
+wrapped in DistributedDataParallel and each rank takes its own slice of every step's windows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+import distributed
+from checkpointing import (
+    load_checkpoint,
+    resumable_checkpoints,
+    save_checkpoint,
+    signature_differences,
+)
+from metrics import Metrics
+from model import ModelConfig
+from optim import build_optimizer, learning_rate_at
+from token_cache import TokenCache
+from token_windows import EpochSampler, micro_batches
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr with exit code 2, before anything is written."""
+
+
+class TrainingFailed(Exception):
+    """Training cannot go on (out of memory, diverged): reported with exit code 1."""
+
+
+class Progress:
+    """Where training is; saved in every checkpoint so a run resumes exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0
+    best_val_loss: float = math.inf
+    skipped_steps: int = 0  # non-finite updates skipped
+
+
+def run_signature(args: argparse.Namespace, config: ModelConfig, cache: TokenCache, world) -> dict:
+    """What must match for a resume to continue the same run."""
+    return {
+        "model_config": config.to_dict(),
+        "dataset_fingerprint": cache.fingerprint,
+        "max_length": args.max_length,
+        "seed": args.seed,
+        "sequences_per_step": args.batch_size * args.gradient_accumulation_steps * world.size,
+    }
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()  # MPS
+
+
+def out_of_memory_advice(args: argparse.Namespace, device: torch.device) -> str:
+    b, a, n = args.batch_size, args.gradient_accumulation_steps, args.max_length
+    smaller = f"--batch_size {max(1, b // 2)} --gradient_accumulation_steps {a * 2}"
+    text = (
+        f"Out of memory on {device.type} at --batch_size {b} --max_length {n}. Try {smaller} "
+        f"(same tokens per step), or --max_length {max(1, n // 2)}, or add --auto_batch"
+    )
+    if device.type == "mps":
+        text += "; see 'MPS memory' in README.md (PYTORCH_MPS_HIGH_WATERMARK_RATIO)"
+    return text + "."
+
+
+class GracefulStop:
+    """First SIGINT/SIGTERM: finish the step, save, exit. Second: exit at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            os._exit(128 + signum)  # writes are atomic, so nothing is left half-valid
+        self.signum = signum
+        print(
+            f"\n{signal.Signals(signum).name}: finishing this step and saving; "
+            "press Ctrl-C again to quit at once.",
+            file=sys.stderr,
+        )
+
+
+class Trainer:
+    """The training loop. Only the main rank writes files or prints bars."""
+
+    def __init__(self, args, world, device, dtype, model, cache, train_windows, val_windows):
+        self.args, self.world, self.device = args, world, device
+        self.model = model  # unwrapped: what checkpoints save
+        self.train_windows, self.val_windows = train_windows, val_windows
+        self.output_dir = Path(args.output_dir)
+        self.signature = run_signature(args, model.config, cache, world)
+        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None
+        self.batch_size = args.batch_size
+        self.accumulation = args.gradient_accumulation_steps
+        self.sampler = EpochSampler(
+            len(train_windows),
+            self.batch_size * self.accumulation,
+            args.seed,
+            world.rank,
+            world.size,
+        )
+        self.total_steps = self.sampler.steps_per_epoch * args.num_epochs
+        self.warmup_steps = (
+            args.warmup_steps if args.warmup_steps >= 0 else min(2000, self.total_steps // 20)
+        )
+        self.optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, device.type)
+        self.step_model = torch.compile(model) if args.compile else model
+        if world.size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.step_model = DistributedDataParallel(self.step_model, device_ids=ids)
+        self.progress = Progress()
+        self.stop = GracefulStop()
+        self.resume_hint = "add --resume auto to the same command"
+
+    # ---- checkpoints -------------------------------------------------------------------------
+
+    def state(self, val_loss: float | None, resumable: bool = True) -> dict[str, Any]:
+        state = {
+            "model": self.model.state_dict(),
+            "model_config": self.model.config.to_dict(),
+            "tokenizer_name": self.args.tokenizer_name,
+            "step": self.progress.step,
+            "epoch": self.progress.epoch,
+            "val_loss": val_loss,
+        }
+        if resumable:
+            rng = {"cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            state |= {
+                "optimizer": self.optimizer.state_dict(),
+                "progress": asdict(self.progress),
+                "signature": self.signature,
+                "rng": rng,
+            }
+        return state
+
+    def save(self, name: str, val_loss: float | None, resumable: bool = True) -> None:
+        if not self.world.is_main:
+            return
+        path = self.output_dir / name
+        try:
+            save_checkpoint(self.state(val_loss, resumable), path)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise UsageError(
+                    f"No space left on the device while writing {path}; the previous "
+                    "checkpoints are intact. Free some space, then resume."
+                ) from None
+            raise
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        if "progress" not in state:
+            raise UsageError(f"{path} holds weights only (e.g. best_model.pt); resume from a "
+                             "checkpoint_epoch_N.pt or checkpoint_last.pt")  # fmt: skip
+        differences = signature_differences(state["signature"], self.signature)
+        if differences:
+            raise UsageError(
+                f"Cannot resume from {path}: this run differs in " + "; ".join(differences)
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.progress = Progress(**state["progress"])
+        torch.set_rng_state(state["rng"]["cpu"].cpu())
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+
+    # ---- one optimizer step ------------------------------------------------------------------
+
+    def _context(self):
+        return self.autocast if self.autocast is not None else contextlib.nullcontext()
+
+    def _accumulate(self, indices) -> torch.Tensor:
+        """Forward+backward over one step's windows; return the step's mean loss (on device)."""
+        batches = micro_batches(indices, self.batch_size)
+        step_loss = torch.zeros((), device=self.device)
+        pin = self.device.type == "cuda"
+        for i, batch in enumerate(batches):
+            x, y = self.train_windows.batch(batch)
+            if pin:
+                x, y = x.pin_memory(), y.pin_memory()
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = i == len(batches) - 1
+            # DDP: all-reduce gradients only on the step's last micro-batch.
+            sync = (
+                contextlib.nullcontext()
+                if last or self.world.size == 1
+                else self.step_model.no_sync()
+            )
+            with sync:
+                with self._context():
+                    _, loss = self.step_model(x, y)
+                loss = loss / len(batches)
+                loss.backward()
+            step_loss += loss.detach()
+        return step_loss
+
+    def _step(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accumulate, clip; on OOM with --auto_batch, halve the micro-batch and redo the step."""
+        while True:
+            try:
+                step_loss = self._accumulate(indices)
+                max_norm = self.args.grad_clip if self.args.grad_clip > 0 else math.inf
+                params = self.model.parameters()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                return step_loss, grad_norm
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                if not self.args.auto_batch or self.batch_size == 1:
+                    raise TrainingFailed(out_of_memory_advice(self.args, self.device)) from None
+                self.batch_size //= 2
+                self.accumulation = math.ceil(len(indices) / self.batch_size)
+                empty_cache(self.device)
+                self.log(
+                    f"out of memory: micro-batch now {self.batch_size}, "
+                    f"accumulation {self.accumulation} (same tokens per step)"
+                )
+
+    # ---- evaluation --------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Mean validation loss over (up to eval_max_batches of) the validation windows."""
+        self.model.eval()
+        n = len(self.val_windows)
+        starts = range(0, n, self.args.batch_size)
+        if self.args.eval_max_batches:
+            starts = starts[: self.args.eval_max_batches]
+        total = torch.zeros(2, device=self.device)  # (sum of losses * windows, windows)
+        for start in starts[self.world.rank :: self.world.size]:
+            x, y = self.val_windows.batch(range(start, min(n, start + self.args.batch_size)))
+            x, y = x.to(self.device), y.to(self.device)
+            with self._context():
+                _, loss = self.model(x, y)
+            total += torch.stack([loss.float() * len(x), torch.tensor(len(x), device=self.device)])
+        distributed.mean_over_ranks(total, self.world)
+        self.model.train()
+        return (total[0] / total[1]).item()
+
+    def validate(self, metrics: Metrics) -> float:
+        val_loss = self.evaluate()
+        metrics.scalars(
+            self.progress.step,
+            {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))},
+        )
+        if val_loss < self.progress.best_val_loss:
+            self.progress.best_val_loss = val_loss
+            self.save("best_model.pt", val_loss, resumable=False)
+        return val_loss
+
+    # ---- the loop ----------------------------------------------------------------------------
+
+    def log(self, message: str) -> None:
+        if self.world.is_main:
+            tqdm.write(message, file=sys.stderr)
+
+    def fit(self, resume_from: Path | None) -> int:
+        args, progress = self.args, self.progress
+        if resume_from is not None:
+            self.restore(resume_from)
+            progress = self.progress
+            self.log(f"resumed from {resume_from} at step {progress.step}, epoch {progress.epoch}")
+        metrics = Metrics(
+            self.output_dir / "tensorboard",
+            enabled=self.world.is_main,
+            purge_step=progress.step if resume_from is not None else None,
+        )
+        self.model.train()
+        if resume_from is None:
+            self.validate(metrics)  # the step-0 point of the validation curve
+
+        bar = tqdm(
+            total=self.total_steps,
+            initial=progress.step,
+            desc="training",
+            unit="step",
+            disable=not self.world.is_main,
+            dynamic_ncols=True,
+        )
+        self.stop.install()
+        tokens_per_step = self.sampler.windows_per_step * self.world.size * args.max_length
+        log_loss = torch.zeros((), device=self.device)
+        log_steps, log_time, bad_in_a_row = 0, time.perf_counter(), 0
+        val_loss = None
+        try:
+            while progress.epoch < args.num_epochs:
+                for indices in self.sampler.step_windows(progress.epoch, progress.step_in_epoch):
+                    lr = learning_rate_at(
+                        progress.step,
+                        args.learning_rate,
+                        self.warmup_steps,
+                        self.total_steps,
+                        args.min_lr_ratio,
+                    )
+                    for group in self.optimizer.param_groups:
+                        group["lr"] = lr
+                    step_loss, grad_norm = self._step(indices)
+                    distributed.mean_over_ranks(step_loss, self.world)
+                    # One host sync per optimizer step (never per micro-batch): skip bad updates.
+                    finite = bool(torch.isfinite(step_loss + grad_norm))
+                    if finite:
+                        self.optimizer.step()
+                        bad_in_a_row = 0
+                        log_loss += step_loss
+                        log_steps += 1
+                    else:
+                        bad_in_a_row += 1
+                        progress.skipped_steps += 1
+                        metrics.scalars(
+                            progress.step, {"train/skipped_steps": progress.skipped_steps}
+                        )
+                        self.log(
+                            f"step {progress.step}: non-finite loss or gradient, update skipped"
+                        )
+                    self.optimizer.zero_grad(set_to_none=True)
+                    progress.step += 1
+                    progress.step_in_epoch += 1
+                    bar.update(1)
+
+                    if progress.step % args.log_interval == 0 and log_steps:
+                        elapsed = time.perf_counter() - log_time
+                        loss = (log_loss / log_steps).item()
+                        tps = tokens_per_step * args.log_interval / elapsed
+                        metrics.scalars(
+                            progress.step,
+                            {
+                                "train/loss": loss,
+                                "train/lr": lr,
+                                "train/grad_norm": float(grad_norm),
+                                "train/tokens_per_sec": tps,
+                            },
+                        )
+                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
+                        log_loss.zero_()
+                        log_steps, log_time = 0, time.perf_counter()
+                    if bad_in_a_row >= args.max_bad_steps:
+                        raise TrainingFailed(
+                            f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or "
+                            "gradient. Likely causes: learning rate too high (lower "
+                            "--learning_rate), too short warmup, or float16 overflow (use "
+                            f"bfloat16 or float32). Last good checkpoint: {self.last_good()}"
+                        )
+                    at_epoch_end = progress.step_in_epoch == self.sampler.steps_per_epoch
+                    if args.eval_interval and progress.step % args.eval_interval == 0:
+                        if not at_epoch_end:
+                            val_loss = self.validate(metrics)
+                    if args.save_interval and progress.step % args.save_interval == 0:
+                        self.save("checkpoint_last.pt", val_loss)
+                    if self.stop.signum is not None:
+                        return self.interrupted(metrics)
+
+                progress.epoch += 1
+                progress.step_in_epoch = 0
+                val_loss = self.validate(metrics)
+                self.save(f"checkpoint_epoch_{progress.epoch}.pt", val_loss)
+                self.log(f"epoch {progress.epoch}: validation loss {val_loss:.4f}")
+                if self.stop.signum is not None:
+                    return self.interrupted(metrics)
+        finally:
+            bar.close()
+            metrics.close()
+        self.log(
+            f"Done: best validation loss {progress.best_val_loss:.4f}. "
+            f"Outputs in {self.output_dir} (tensorboard --logdir {self.output_dir / 'tensorboard'})"
+        )
+        return 0
+
+    def interrupted(self, metrics: Metrics) -> int:
+        self.save("checkpoint_last.pt", None)
+        metrics.flush()
+        self.log(
+            f"Stopped at step {self.progress.step}; saved {self.output_dir / 'checkpoint_last.pt'}."
+            f"\nResume with:\n  {self.resume_hint}"
+        )
+        return 128 + self.stop.signum
+
+    def last_good(self) -> str:
+        found = resumable_checkpoints(self.output_dir)
+        return str(found[0]) if found else "none yet"
+
+
+def empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
