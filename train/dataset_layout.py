@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 SPLITS = ("train", "validation")
@@ -43,3 +45,29 @@ def find_dataset(data_dir: Path | str) -> dict[str, list[Path]]:
             f"Dataset not found: {data_dir} (no {what}). " + HOW_TO_CREATE.format(d=data_dir)
         )
     return files
+
+
+class DataScriptError(RuntimeError):
+    """A data script failed for a reason it can state in one line; exits with `exit_code`.
+
+    1 = the hub or network failed (re-running resumes); 2 = bad input or settings (fix, re-run).
+    """
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run_script(main: Callable[[], None]) -> None:
+    """Run a data script's `main`: one-line errors and exit statuses instead of tracebacks."""
+    try:
+        main()
+    except DataScriptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print(
+            "\nInterrupted. Nothing half-written is used: re-run the same command to continue.",
+            file=sys.stderr,
+        )
+        sys.exit(130)

@@ -1,0 +1,403 @@
+"""The data scripts as a user runs them (subprocesses), against the local hub stand-in.
+
+The quick start (download_subset -> prepare_subset -> pretrain) and the full path
+(download_openwebtext), through what a real network does: 503s, dropped connections, same-size
+corrupt bytes, Ctrl-C, a private repo, a full disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dataset_layout import DatasetNotFoundError, find_dataset
+from hub_stub import OPENWEBTEXT_REPO, HubStub, hub_fixture, openwebtext_repo  # noqa: F401
+from layout_builder import BYTES_PER_TOKEN, choose_documents, read_info
+
+TRAIN = Path(__file__).resolve().parents[1] / "train"
+FAST = ["--backoff_seconds", "0.01"]
+SHARD_NAMES = [f"train-{i:05d}-of-00003.parquet" for i in range(3)]
+
+
+def command(script: str, *args: object) -> list[str]:
+    return [sys.executable, str(TRAIN / script), *map(str, args)]
+
+
+def run(script: str, *args: object, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """train/<script> in exactly `env`: no HF_* variable of the developer's shell leaks in."""
+    return subprocess.run(
+        command(script, *args), capture_output=True, text=True, env=env, timeout=300
+    )
+
+
+def offline_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+    return {**env, "HF_HUB_OFFLINE": "1"}
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def served(hub: HubStub) -> dict[str, bytes]:
+    """Shard name -> the bytes the stand-in serves."""
+    entries = hub.repo(OPENWEBTEXT_REPO).entries
+    return {
+        path.rsplit("/", 1)[1]: e.data for path, e in entries.items() if path.startswith("data/")
+    }
+
+
+def texts(files: list[Path]) -> list[str]:
+    return [t for f in files for t in pq.read_table(f).column("text").to_pylist()]
+
+
+def leftovers(folder: Path) -> list[Path]:
+    """Partial or temporary files: none may survive a finished (or cleanly failed) run."""
+    return [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".part", ".tmp")]
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def env(hub: HubStub, tmp_path: Path) -> dict[str, str]:
+    return hub.env(tmp_path / "hf_home")
+
+
+# -- download_subset ------------------------------------------------------------------------------
+
+
+def test_download_subset_survives_503s_and_a_dropped_connection(hub, env, tmp_path):
+    hub.inject("status", times=3, status=503, on="any")
+    hub.inject("drop")
+    out = tmp_path / "subset"
+
+    result = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+
+    assert result.returncode == 0, result.stderr
+    shard = out / "shards" / SHARD_NAMES[0]
+    assert shard.read_bytes() == served(hub)[SHARD_NAMES[0]]
+    assert [r.status for r in hub.requests[:4]] == [503, 503, 503, 200]
+    resumed = [r for r in hub.file_gets() if r.range]
+    assert resumed and resumed[-1].status == 206  # continued where the connection dropped
+    manifest = json.loads((out / "download_manifest.json").read_text())
+    assert manifest["repo_id"] == OPENWEBTEXT_REPO
+    assert manifest["commit"] == hub.repo(OPENWEBTEXT_REPO).commit
+    record = manifest["files"]["data/train-00000-of-00003.parquet"]
+    assert record["sha256"] == sha256(shard) and record["size"] == shard.stat().st_size
+    assert record["local"] == f"shards/{SHARD_NAMES[0]}"
+    assert not leftovers(out) and not (out / ".partial").exists()
+    assert result.stdout.strip().splitlines()[-1] == (
+        f"Next: uv run train/prepare_subset.py --data_dir {out}"
+    )
+
+    hub.clear_log()
+    again = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+    assert again.returncode == 0, again.stderr
+    assert hub.file_gets() == []
+    assert "already downloaded and verified" in again.stdout
+
+
+def test_download_subset_refetches_corrupt_bytes_and_never_keeps_them(hub, env, tmp_path):
+    hub.inject("corrupt")
+    result = run("download_subset.py", "--output_dir", tmp_path / "a", "--shard", 1, *FAST, env=env)
+    assert result.returncode == 0, result.stderr
+    shard = tmp_path / "a" / "shards" / SHARD_NAMES[1]
+    assert shard.read_bytes() == served(hub)[SHARD_NAMES[1]]
+    assert len([r for r in hub.file_gets() if r.path.startswith("/cdn/")]) == 2
+
+    hub.inject("corrupt", times=10)
+    failed = run(
+        "download_subset.py", "--output_dir", tmp_path / "b", "--max_retries", 1, *FAST, env=env
+    )
+    assert failed.returncode == 1
+    assert "gave up after 1 retries" in failed.stderr.splitlines()[-1]
+    assert not list((tmp_path / "b").rglob("*.parquet")) and not leftovers(tmp_path / "b")
+
+
+def test_download_subset_interrupted_by_ctrl_c_resumes_on_rerun(hub, env, tmp_path):
+    out = tmp_path / "subset"
+    hub.inject("stall")  # half the body, then silence: a download in progress
+    proc = subprocess.Popen(
+        command("download_subset.py", "--output_dir", out, *FAST),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not any(p.stat().st_size for p in out.glob(".partial/*.part")):
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+
+    assert proc.returncode == 130, stderr
+    assert "re-run the same command" in stderr
+    assert not (out / "shards").exists()
+    (part,) = out.glob(".partial/*.part")
+    kept = part.stat().st_size
+    assert 0 < kept < len(served(hub)[SHARD_NAMES[0]])
+
+    hub.release_stalls()
+    hub.clear_log()
+    result = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (out / "shards" / SHARD_NAMES[0]).read_bytes() == served(hub)[SHARD_NAMES[0]]
+    assert [r.range for r in hub.file_gets()] == [f"bytes={kept}-"] * 2  # hub redirect, CDN
+
+
+def test_private_repo_needs_hf_token_which_is_never_shown(tmp_path, documents):
+    secret = "hf_stub_secret_token_123"
+    out = tmp_path / "subset"
+    with HubStub([openwebtext_repo(documents, token=secret)]) as hub:
+        refused = run("download_subset.py", "--output_dir", out, env=hub.env(tmp_path / "h"))
+        assert refused.returncode == 1
+        assert "HF_TOKEN" in one_line_error(refused) and "401" in refused.stderr
+        wrong = run(
+            "download_subset.py", "--output_dir", out, env=hub.env(tmp_path / "h", "hf_wrong")
+        )
+        assert wrong.returncode == 1 and "token" in one_line_error(wrong)
+        assert not list(out.rglob("*.parquet"))
+        assert {r.status for r in hub.requests} == {401}
+
+        ok = run("download_subset.py", "--output_dir", out, env=hub.env(tmp_path / "h", secret))
+        assert ok.returncode == 0, ok.stderr
+    assert (out / "shards" / SHARD_NAMES[0]).is_file()
+    assert secret not in ok.stdout + ok.stderr + refused.stderr + wrong.stderr
+    for path in out.rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
+# -- prepare_subset -------------------------------------------------------------------------------
+
+
+def write_shards(data_dir: Path, documents: list[str], count: int = 2) -> list[str]:
+    """Shards as download_subset.py leaves them, without the hub (prepare_subset is offline)."""
+    unique = list(dict.fromkeys(documents))
+    for i in range(count):
+        table = pa.table({"text": unique[i::count]})
+        (data_dir / "shards").mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, data_dir / "shards" / f"train-{i:05d}.parquet", row_group_size=32)
+    return unique
+
+
+def splits(data_dir: Path) -> tuple[list[str], list[str]]:
+    files = find_dataset(data_dir)
+    return texts(files["train"]), texts(files["validation"])
+
+
+def test_prepare_subset_is_seeded_disjoint_idempotent_and_guarded(tmp_path, documents):
+    data = tmp_path / "data"
+    all_docs = write_shards(data, documents)
+    settings = ["--target_tokens", 20_000, "--validation_documents", 15]
+
+    first = run("prepare_subset.py", "--data_dir", data, *settings, env=offline_env())
+
+    assert first.returncode == 0, first.stderr
+    train, validation = splits(data)
+    assert len(validation) == 15 and not set(train) & set(validation)
+    estimate = sum(len(t.encode()) for t in train) / BYTES_PER_TOKEN
+    longest = max(len(t.encode()) for t in all_docs) / BYTES_PER_TOKEN
+    assert 20_000 <= estimate <= 20_000 + longest  # the last document may overshoot
+    info = read_info(data / "dataset_info.txt")
+    assert info["train"].startswith(f"{len(train)} documents") and info["fingerprint"]
+    assert (
+        first.stdout.strip().splitlines()[-1] == f"Next: uv run train/pretrain.py --data_dir {data}"
+    )
+
+    stamps = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
+    again = run("prepare_subset.py", "--data_dir", data, *settings, env=offline_env())
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == stamps
+
+    elsewhere = tmp_path / "copy"
+    write_shards(elsewhere, documents)
+    assert (
+        run("prepare_subset.py", "--data_dir", elsewhere, *settings, env=offline_env()).returncode
+        == 0
+    )
+    assert splits(elsewhere) == (train, validation)  # same shards and seed, same dataset
+
+    other = [*settings, "--seed", 7]
+    refused = run("prepare_subset.py", "--data_dir", data, *other, env=offline_env())
+    assert refused.returncode == 2 and "--overwrite" in one_line_error(refused)
+    assert splits(data) == (train, validation)
+    replaced = run(
+        "prepare_subset.py", "--data_dir", data, *other, "--overwrite", env=offline_env()
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    new_train, new_validation = splits(data)
+    assert new_train != train and not set(new_train) & set(new_validation)
+    assert not (data / ".building").exists() and not leftovers(data)
+
+
+def test_prepare_subset_all_documents_with_a_validation_ratio(tmp_path, documents):
+    data = tmp_path / "data"
+    all_docs = write_shards(data, documents)
+    args = ["--num_documents", 0, "--validation_ratio", 0.1]
+    result = run("prepare_subset.py", "--data_dir", data, *args, env=offline_env())
+    assert result.returncode == 0, result.stderr
+    train, validation = splits(data)
+    assert Counter(train + validation) == Counter(all_docs)
+    assert len(validation) == round(len(all_docs) * 0.1 / 1.1)
+
+
+def test_sample_size_follows_the_token_budget():
+    """With OpenWebText-like documents (~5 KB), the 5M-token default keeps ~4,500 documents."""
+    doc_bytes = np.full(100_000, 5_000)
+    selection = choose_documents(doc_bytes, seed=0, validation_documents=200)
+    assert len(selection.train) == round(5_000_000 * BYTES_PER_TOKEN / 5_000)
+    assert len(selection.validation) == 200
+    assert not set(selection.train) & set(selection.validation)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "download_subset.py --output_dir"),
+        (pa.table({"body": ["a document"]}), "no 'text' column"),
+        (b"PAR1 but not parquet", "Cannot read"),
+    ],
+)
+def test_prepare_subset_input_errors_are_one_clear_line(tmp_path, content, message):
+    shard = tmp_path / "data" / "shards" / "train-00000.parquet"
+    shard.parent.mkdir(parents=True)
+    if isinstance(content, pa.Table):
+        pq.write_table(content, shard)
+    elif content is not None:
+        shard.write_bytes(content)
+    result = run("prepare_subset.py", "--data_dir", tmp_path / "data", env=offline_env())
+    assert result.returncode == 2
+    assert message in one_line_error(result)
+    assert not (tmp_path / "data" / "train").exists()
+
+
+# -- download_openwebtext -------------------------------------------------------------------------
+
+
+def test_download_openwebtext_builds_the_layout_through_faults(hub, env, tmp_path):
+    out = tmp_path / "owt"
+    hub.inject("status", times=2, status=503)
+    hub.inject("drop")
+    hub.inject("corrupt")
+    args = ["--output_dir", out, "--validation_documents", 20, "--max_workers", 2, *FAST]
+
+    result = run("download_openwebtext.py", *args, env=env)
+
+    assert result.returncode == 0, result.stderr
+    files = find_dataset(out)
+    assert [f.name for f in files["train"]] == SHARD_NAMES
+    for name in SHARD_NAMES[:2]:  # moved into train/ as downloaded, not rewritten
+        assert (out / "train" / name).read_bytes() == served(hub)[name]
+    train, validation = texts(files["train"]), texts(files["validation"])
+    assert len(validation) == 20 and not set(train) & set(validation)
+    every_document = [
+        text
+        for data in served(hub).values()
+        for text in pq.read_table(pa.BufferReader(data)).column("text").to_pylist()
+    ]
+    assert Counter(train + validation) == Counter(every_document)  # nothing lost or doubled
+
+    info = read_info(out / "dataset_info.txt")
+    assert info["source"].startswith(OPENWEBTEXT_REPO)
+    assert info["commit"] == hub.repo(OPENWEBTEXT_REPO).commit
+    assert info["shard_count"].startswith("3 ")
+    assert info["validation"].startswith("20 documents") and info["created"]
+    assert all(f"data/{n}  sha256=" in (out / "dataset_info.txt").read_text() for n in SHARD_NAMES)
+    manifest = json.loads((out / "download_manifest.json").read_text())
+    assert manifest["files"][f"data/{SHARD_NAMES[0]}"]["local"] == f"train/{SHARD_NAMES[0]}"
+    assert not leftovers(out)
+    assert not (out / ".building").exists() and not (out / ".partial").exists()
+
+    hub.clear_log()
+    again = run("download_openwebtext.py", *args, env=env)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert hub.file_gets() == []
+
+
+def test_download_openwebtext_overwrite_reuses_verified_shards(hub, env, tmp_path):
+    args = ["--output_dir", tmp_path / "owt", *FAST]
+    assert (
+        run("download_openwebtext.py", *args, "--validation_documents", 20, env=env).returncode == 0
+    )
+    refused = run("download_openwebtext.py", *args, "--validation_documents", 10, env=env)
+    assert refused.returncode == 2 and "--overwrite" in one_line_error(refused)
+
+    hub.clear_log()
+    replaced = run(
+        "download_openwebtext.py", *args, "--validation_documents", 10, "--overwrite", env=env
+    )
+    assert replaced.returncode == 0, replaced.stderr
+    fetched = {r.path.rsplit("/", 1)[1] for r in hub.file_gets() if "/resolve/" in r.path}
+    assert fetched == {SHARD_NAMES[-1]}  # only the shard the old validation set was carved from
+    assert len(texts(find_dataset(tmp_path / "owt")["validation"])) == 10
+
+
+def test_download_openwebtext_continues_after_losing_the_network(hub, env, tmp_path):
+    args = ["--output_dir", tmp_path / "owt", "--validation_documents", 20, "--max_workers", 1]
+    hub.inject("status", times=1, status=503, after=2)  # the first shard gets through
+    lost = run("download_openwebtext.py", *args, "--max_retries", 0, env=env)
+    assert lost.returncode == 1 and "re-run" in lost.stderr.splitlines()[-1].lower()
+    with pytest.raises(DatasetNotFoundError):
+        find_dataset(tmp_path / "owt")  # nothing half-built is visible to training
+
+    hub.clear_log()
+    resumed = run("download_openwebtext.py", *args, *FAST, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    fetched = {r.path.rsplit("/", 1)[1] for r in hub.file_gets() if "/resolve/" in r.path}
+    assert fetched == set(SHARD_NAMES[1:])  # the verified first shard is not fetched again
+    assert [f.name for f in find_dataset(tmp_path / "owt")["train"]] == SHARD_NAMES
+
+
+def test_download_openwebtext_checks_disk_space_before_downloading(hub, env, tmp_path):
+    out = tmp_path / "owt"
+    result = run("download_openwebtext.py", "--output_dir", out, "--min_free_gb", 1e9, env=env)
+    assert result.returncode == 2
+    assert "Not enough disk space" in one_line_error(result)
+    assert "token cache" in result.stderr
+    assert hub.file_gets() == [] and not (out / "train").exists()
+
+
+# -- the quick start, end to end ------------------------------------------------------------------
+
+
+def test_quick_start_download_prepare_pretrain(hub, env, tmp_path):
+    data, checkpoints = tmp_path / "data", tmp_path / "checkpoints"
+    downloaded = run("download_subset.py", "--output_dir", data, env=env)
+    assert downloaded.returncode == 0, downloaded.stderr
+    prepared = run(
+        "prepare_subset.py",
+        "--data_dir", data, "--target_tokens", 4_000, "--validation_documents", 10,
+        env=env,
+    )  # fmt: skip
+    assert prepared.returncode == 0, prepared.stderr
+
+    trained = run(
+        "pretrain.py",
+        "--data_dir", data, "--tokenizer_name", "gpt2", "--output_dir", checkpoints,
+        "--hidden_size", 64, "--num_layers", 2, "--num_heads", 2,
+        "--max_length", 64, "--max_position_embeddings", 64,
+        "--batch_size", 4, "--gradient_accumulation_steps", 1, "--num_epochs", 1,
+        "--eval_max_batches", 5, "--device", "cpu",
+        env=env,
+    )  # fmt: skip
+
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (checkpoints / "checkpoint_epoch_1.pt").is_file()
+    assert any(r.path.startswith("/gpt2/resolve/") for r in hub.requests)  # tokenizer via the hub

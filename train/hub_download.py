@@ -1,0 +1,692 @@
+"""Download files of a Hugging Face Hub repo: pinned to one commit, verified, resumable, atomic.
+
+Shared by download_subset.py and download_openwebtext.py.
+
+Why not `hf_hub_download`: in huggingface_hub 2.x it does not retry a 5xx answer to the file GET,
+does not resume across calls, and does not check content (a same-size corrupt file is accepted and
+then cached by its etag). Here every file is
+
+* listed with its sha256 (LFS metadata from the tree API) at a commit resolved once per run,
+* streamed through huggingface_hub's own HTTP session, so HF_ENDPOINT, HF_TOKEN (or a saved
+  `hf auth login` token), proxies and HF_HUB_OFFLINE behave as everywhere else in the library,
+* written to `DIR/.partial/`, resumed with a Range request after a dropped connection, also by a
+  later run,
+* retried with exponential backoff on 408/429/5xx answers, connection errors and timeouts,
+* hashed once complete; a mismatch throws the bytes away and downloads the file again,
+* fsynced and renamed into place only once verified, then recorded in `download_manifest.json`
+  (so a re-run trusts it from size + mtime without re-hashing, and never fetches it again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import httpx2
+from huggingface_hub import HfApi, constants, hf_hub_url
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import (
+    build_hf_headers,
+    get_session,
+    get_token,
+    hf_raise_for_status,
+)
+from tqdm.auto import tqdm
+
+from dataset_layout import DataScriptError
+
+DEFAULT_REPO_ID = "Skylion007/openwebtext"
+MANIFEST_FILE = "download_manifest.json"
+PARTIAL_DIR = ".partial"
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+CHUNK_BYTES = 1 << 20
+TOKEN_HELP = (
+    "set HF_TOKEN to a read token from https://huggingface.co/settings/tokens "
+    "(or run `hf auth login`)"
+)
+
+T = TypeVar("T")
+
+
+class HubDownloadError(DataScriptError):
+    """A download failed for good; the message is one line that says what to do (exit status 1,
+    or 2 for a problem the user must fix first, such as disk space)."""
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (bad bytes, short body) that is not an HTTP error."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How hard to try: `max_retries` retries per file (or API call) after the first attempt,
+    waiting `backoff_seconds` * 2**k (capped at `max_backoff_seconds`, plus up to 10% jitter so
+    parallel workers do not retry in lockstep)."""
+
+    max_retries: int = 8
+    backoff_seconds: float = 1.0
+    max_backoff_seconds: float = 60.0
+
+    def wait_seconds(self, failures: int) -> float:
+        base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (failures - 1))
+        return base * (1 + 0.1 * random.random())
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of the repo as the tree API describes it."""
+
+    path: str
+    size: int
+    sha256: str | None  # LFS files only; others are checked against their git blob id
+    git_oid: str
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def checksum(self) -> str:
+        """What the downloaded bytes must hash to (see `file_checksum`)."""
+        return self.sha256 or self.git_oid
+
+
+@dataclass(frozen=True)
+class RepoSnapshot:
+    """Files of a repo at the commit `revision` pointed to when the run started."""
+
+    repo_id: str
+    repo_type: str
+    revision: str
+    commit: str
+    files: tuple[RemoteFile, ...]
+    endpoint: str | None = None  # None: HF_ENDPOINT, or https://huggingface.co
+
+    def url(self, remote: RemoteFile) -> str:
+        # Pinned to the commit: a push during a 24 GB download cannot mix two versions.
+        return hf_hub_url(
+            self.repo_id,
+            remote.path,
+            repo_type=self.repo_type,
+            revision=self.commit,
+            endpoint=self.endpoint,
+        )
+
+
+def file_checksum(path: Path, remote: RemoteFile) -> str:
+    """sha256 of the file if the hub published one for `remote`, else its git blob id."""
+    if remote.sha256 is not None:
+        digest = hashlib.sha256()
+    else:
+        digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- talking to the hub -------------------------------------------------------------------------
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, _Retryable | httpx2.TransportError):
+        return not isinstance(exc, httpx2.UnsupportedProtocol | httpx2.ProxyError)
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        return exc.response.status_code in TRANSIENT_STATUS
+    return False
+
+
+def explain(exc: BaseException, what: str) -> HubDownloadError:
+    """Turn a hub/network exception into a HubDownloadError that names the fix (never the token)."""
+    if isinstance(exc, HubDownloadError):
+        return exc
+    if isinstance(exc, OfflineModeIsEnabled):
+        return HubDownloadError(f"{what}: HF_HUB_OFFLINE is set; unset it to download.")
+    if isinstance(exc, RevisionNotFoundError):
+        return HubDownloadError(f"{what}: revision not found; check --revision.")
+    if isinstance(exc, RemoteEntryNotFoundError):
+        return HubDownloadError(f"{what}: no such file or folder in the repo at this revision.")
+    status = exc.response.status_code if isinstance(exc, HfHubHTTPError) else None
+    if isinstance(exc, RepositoryNotFoundError | GatedRepoError) or status in (401, 403):
+        if get_token() is None:
+            return HubDownloadError(
+                f"{what}: the hub refused access (HTTP {status}). Check --repo_id; if the repo is "
+                f"private or gated, {TOKEN_HELP}."
+            )
+        return HubDownloadError(
+            f"{what}: the hub refused access (HTTP {status}) with the token from HF_TOKEN or "
+            "your saved login. Check --repo_id, that the token can read this repo, and that "
+            "you accepted the repo's terms if it is gated."
+        )
+    if status is not None:
+        return HubDownloadError(f"{what}: the hub answered HTTP {status}. Try again later.")
+    if isinstance(exc, httpx2.TransportError):
+        return HubDownloadError(
+            f"{what}: cannot reach {constants.ENDPOINT} ({type(exc).__name__}). Check the "
+            "network (and HF_ENDPOINT if set), then re-run the same command: it resumes."
+        )
+    return HubDownloadError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def call_with_retries(what: str, call: Callable[[], T], retry: RetryPolicy) -> T:
+    """Return `call()`, retrying transient failures with backoff; others raise HubDownloadError."""
+    failures = 0
+    while True:
+        try:
+            return call()
+        except Exception as exc:
+            failures += 1
+            if not _is_transient(exc) or failures > retry.max_retries:
+                raise explain(exc, what) from exc
+            _log_retry(what, exc, failures, retry)
+            time.sleep(retry.wait_seconds(failures))
+
+
+def _log_retry(what: str, exc: BaseException, failures: int, retry: RetryPolicy) -> None:
+    reason = _short_reason(exc)
+    print(f"{what}: {reason}; retry {failures}/{retry.max_retries}", file=sys.stderr, flush=True)
+
+
+def _short_reason(exc: BaseException) -> str:
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        return f"HTTP {exc.response.status_code}"
+    if isinstance(exc, _Retryable):
+        return str(exc)
+    return type(exc).__name__
+
+
+def list_snapshot(
+    repo_id: str,
+    revision: str = "main",
+    *,
+    repo_type: str = "dataset",
+    folder: str = "data",
+    suffix: str = ".parquet",
+    retry: RetryPolicy = RetryPolicy(),
+    endpoint: str | None = None,
+) -> RepoSnapshot:
+    """Resolve `revision` to a commit and list the `suffix` files under `folder` at that commit.
+
+    Args:
+        repo_id (`str`): e.g. "Skylion007/openwebtext".
+        revision (`str`): branch, tag or commit.
+        repo_type (`str`): "dataset" or "model".
+        folder (`str`): folder of the repo to list, recursively ("" for the whole repo).
+        suffix (`str`): keep files whose path ends with it.
+        retry ([`RetryPolicy`]): for the two API calls.
+        endpoint (`str`, *optional*): hub URL; default HF_ENDPOINT, or https://huggingface.co.
+
+    Returns:
+        [`RepoSnapshot`] with the files sorted by path (never empty).
+
+    Raises:
+        [`HubDownloadError`]: unreachable hub, no access, unknown revision, or no matching file.
+    """
+    api = HfApi(endpoint=endpoint)
+    where = f"{repo_type} {repo_id}@{revision}"
+    info = call_with_retries(
+        f"Resolving {where}",
+        lambda: api.repo_info(repo_id, repo_type=repo_type, revision=revision),
+        retry,
+    )
+    commit = info.sha
+    if not commit:
+        raise HubDownloadError(f"Resolving {where}: the hub did not return a commit id.")
+    entries = call_with_retries(
+        f"Listing {where}",
+        lambda: list(
+            api.list_repo_tree(
+                repo_id, folder or None, recursive=True, revision=commit, repo_type=repo_type
+            )
+        ),
+        retry,
+    )
+    files = sorted(
+        (
+            RemoteFile(
+                path=e.path,
+                size=e.size,
+                sha256=e.lfs.sha256 if e.lfs else None,
+                git_oid=e.blob_id,
+            )
+            for e in entries
+            if isinstance(e, RepoFile) and e.path.endswith(suffix)
+        ),
+        key=lambda f: f.path,
+    )
+    if not files:
+        raise HubDownloadError(
+            f"No {suffix} files under '{folder or '/'}' in {where}: check --repo_id and --revision."
+        )
+    return RepoSnapshot(repo_id, repo_type, revision, commit, tuple(files), endpoint)
+
+
+# -- one file ---------------------------------------------------------------------------------
+
+
+def _partial_path(partial_dir: Path, remote: RemoteFile) -> Path:
+    # The checksum in the name means a later run only ever resumes bytes of the same content.
+    return partial_dir / f"{remote.name}.{remote.checksum[:16]}.part"
+
+
+def partial_bytes(partial_dir: Path, remote: RemoteFile) -> int:
+    """Bytes of `remote` already fetched by an interrupted run (0 if none)."""
+    part = _partial_path(partial_dir, remote)
+    return part.stat().st_size if part.is_file() else 0
+
+
+def _fetch_into(
+    part: Path,
+    url: str,
+    remote: RemoteFile,
+    progress: Callable[[int], None],
+    stop: threading.Event | None,
+) -> None:
+    """Append the missing bytes of `remote` to `part` (one GET). Raises on any failure."""
+    offset = part.stat().st_size if part.exists() else 0
+    if offset > remote.size:  # cannot be ours: start over
+        part.unlink()
+        progress(-offset)
+        offset = 0
+    if offset == remote.size:
+        return
+    headers = build_hf_headers()  # adds the HF_TOKEN / saved token; never logged by us
+    headers["Accept-Encoding"] = "identity"  # ranges must address the file, not a gzip stream
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    session = get_session()
+    timeout = httpx2.Timeout(constants.HF_HUB_DOWNLOAD_TIMEOUT)
+    with session.stream(
+        "GET", url, headers=headers, timeout=timeout, follow_redirects=True
+    ) as response:
+        if offset and response.status_code == 416:  # our bytes do not fit the file: start over
+            part.unlink()
+            progress(-offset)
+            raise _Retryable("partial bytes do not match the file, starting over")
+        if response.status_code >= 400:
+            response.read()  # hf_raise_for_status reads the body for its message
+            hf_raise_for_status(response)
+        if offset and response.status_code == 200:  # the server ignored Range: take it all
+            progress(-offset)
+            offset = 0
+        elif offset and response.status_code != 206:
+            raise _Retryable(f"unexpected HTTP {response.status_code} to a Range request")
+        with part.open("ab" if offset else "wb") as f:
+            for chunk in response.iter_bytes():  # as received: a drop loses nothing already read
+                if stop is not None and stop.is_set():
+                    raise KeyboardInterrupt
+                f.write(chunk)
+                progress(len(chunk))
+                if f.tell() > remote.size:
+                    raise _Retryable(f"server sent more than the {remote.size} bytes listed")
+            f.flush()
+            os.fsync(f.fileno())
+    if part.stat().st_size != remote.size:
+        raise _Retryable(f"body ended at {part.stat().st_size} of {remote.size} bytes")
+
+
+def download_file(
+    snapshot: RepoSnapshot,
+    remote: RemoteFile,
+    destination: Path,
+    *,
+    retry: RetryPolicy = RetryPolicy(),
+    partial_dir: Path,
+    progress: Callable[[int], None] = lambda n: None,
+    stop: threading.Event | None = None,
+) -> None:
+    """Download `remote` to `destination`, verified, resuming any earlier partial download.
+
+    The file appears at `destination` (atomically, by rename) only once its checksum matches the
+    hub's. A connection that drops mid-body is resumed from where it stopped; attempts that made
+    such progress do not use up the retry budget, so a flaky link still finishes a 300 MB file.
+
+    Args:
+        snapshot ([`RepoSnapshot`]): where `remote` comes from (the download URL is pinned to its
+            commit).
+        remote ([`RemoteFile`]): the file and its expected size and checksum.
+        destination (`Path`): final path; must be on the same filesystem as `partial_dir`.
+        retry ([`RetryPolicy`]): retries and backoff.
+        partial_dir (`Path`): where incomplete bytes live between attempts and runs.
+        progress (`Callable[[int], None]`): called with each byte delta (negative when bytes are
+            thrown away).
+        stop (`threading.Event`, *optional*): when set, the download stops (KeyboardInterrupt),
+            keeping its partial bytes.
+
+    Raises:
+        [`HubDownloadError`]: a permanent failure, or `retry.max_retries` failed attempts.
+    """
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    part = _partial_path(partial_dir, remote)
+    url = snapshot.url(remote)
+    failures = 0
+    while True:
+        before = part.stat().st_size if part.exists() else 0
+        try:
+            _fetch_into(part, url, remote, progress, stop)
+            if file_checksum(part, remote) != remote.checksum:
+                part.unlink()
+                progress(-remote.size)
+                raise _Retryable("checksum mismatch, bytes discarded")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, destination)
+            return
+        except Exception as exc:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt from None  # whatever broke, we were told to stop
+            if not _is_transient(exc):
+                raise explain(exc, f"Downloading {remote.path}") from exc
+            resumed = part.exists() and part.stat().st_size > before
+            failures = 0 if resumed and not isinstance(exc, _Retryable) else failures + 1
+            if failures > retry.max_retries:
+                raise HubDownloadError(
+                    f"Downloading {remote.path}: gave up after {retry.max_retries} retries "
+                    f"({_short_reason(exc)}). Re-run the same command later: it resumes."
+                ) from exc
+            _log_retry(f"Downloading {remote.path}", exc, max(failures, 1), retry)
+            pause = retry.wait_seconds(max(failures, 1))
+            if stop is not None:
+                if stop.wait(pause):
+                    raise KeyboardInterrupt from None
+            else:
+                time.sleep(pause)
+
+
+# -- what has been verified ------------------------------------------------------------------
+
+
+class DownloadManifest:
+    """`download_manifest.json`: the source (repo, revision, resolved commit) and, per file, where
+    it was saved, its size, its checksum and the mtime it had when verified.
+
+    A file whose size and mtime still match its record is trusted without re-hashing; a file with
+    no (or a stale) record is hashed once and recorded if it matches.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self.data: dict = {"files": {}}
+        if self.path.is_file():
+            try:
+                self.data = json.loads(self.path.read_text())
+                self.data.setdefault("files", {})
+            except (OSError, ValueError):
+                self.data = {"files": {}}  # unreadable: re-verify everything by hashing
+
+    def save(self) -> None:
+        with self._lock:
+            text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text(text)
+            os.replace(tmp, self.path)
+
+    def set_source(self, snapshot: RepoSnapshot) -> None:
+        with self._lock:
+            self.data.update(
+                repo_id=snapshot.repo_id,
+                repo_type=snapshot.repo_type,
+                revision=snapshot.revision,
+                commit=snapshot.commit,
+            )
+        self.save()
+
+    def record(self, remote: RemoteFile, local: Path) -> None:
+        """Remember that `local` holds `remote`, verified now."""
+        stat = local.stat()
+        with self._lock:
+            self.data["files"][remote.path] = {
+                "local": os.path.relpath(local, self.path.parent),
+                "size": stat.st_size,
+                "sha256" if remote.sha256 else "git_oid": remote.checksum,
+                "mtime_ns": stat.st_mtime_ns,
+                "verified_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        self.save()
+
+    def relocate(self, remote: RemoteFile, local: Path) -> None:
+        """`remote`'s verified file was renamed to `local` (a rename keeps its mtime)."""
+        with self._lock:
+            entry = self.data["files"].get(remote.path)
+            if entry is not None:
+                entry["local"] = os.path.relpath(local, self.path.parent)
+        self.save()
+
+    def consumed(self, remote: RemoteFile, note: str) -> None:
+        """`remote`'s verified file was used up (e.g. split); `note` says into what."""
+        with self._lock:
+            entry = self.data["files"].get(remote.path)
+            if entry is not None:
+                entry.update(local=None, note=note)
+        self.save()
+
+    def source_of(self, local: Path) -> tuple[str, dict] | None:
+        """(repo path, record) of the file recorded as saved at `local`, if any."""
+        wanted = os.path.relpath(local, self.path.parent)
+        with self._lock:
+            for remote_path, entry in self.data["files"].items():
+                if entry.get("local") == wanted:
+                    return remote_path, dict(entry)
+        return None
+
+    def entry(self, remote_path: str) -> dict | None:
+        with self._lock:
+            return self.data["files"].get(remote_path)
+
+    def is_verified(self, remote: RemoteFile, local: Path) -> bool:
+        """Whether `local` holds exactly `remote` (hashing it only if the record cannot tell)."""
+        if not local.is_file():
+            return False
+        stat = local.stat()
+        if stat.st_size != remote.size:
+            return False
+        entry = self.entry(remote.path)
+        if (
+            entry is not None
+            and entry.get("sha256", entry.get("git_oid")) == remote.checksum
+            and entry.get("size") == stat.st_size
+            and entry.get("mtime_ns") == stat.st_mtime_ns
+            and entry.get("local") == os.path.relpath(local, self.path.parent)
+        ):
+            return True
+        if file_checksum(local, remote) != remote.checksum:
+            return False
+        self.record(remote, local)
+        return True
+
+
+# -- many files ---------------------------------------------------------------------------------
+
+
+def download_all(
+    snapshot: RepoSnapshot,
+    jobs: Iterable[tuple[RemoteFile, Path]],
+    *,
+    manifest: DownloadManifest,
+    partial_dir: Path,
+    retry: RetryPolicy = RetryPolicy(),
+    max_workers: int = 4,
+    reserve_bytes: int = 0,
+    reserve_what: str = "space to keep free",
+) -> tuple[int, int]:
+    """Make every `(remote, local)` of `jobs` a verified copy, `max_workers` downloads at a time.
+
+    Files already verified are skipped (no request at all). Before the first byte, the disk must
+    have room for what is left to download plus `reserve_bytes` (described by `reserve_what`).
+    One progress bar counts the bytes of all files. On the first permanent failure or Ctrl-C, the
+    other downloads stop, keeping their partial bytes for the next run.
+
+    Returns:
+        `(files downloaded, files already there)`.
+
+    Raises:
+        [`HubDownloadError`]: a file could not be downloaded.
+        `KeyboardInterrupt`: the user pressed Ctrl-C.
+    """
+    jobs = list(jobs)
+    todo = [(remote, local) for remote, local in jobs if not manifest.is_verified(remote, local)]
+    skipped = len(jobs) - len(todo)
+    if skipped:
+        print(f"{skipped} file(s) already downloaded and verified.", flush=True)
+    if not todo:
+        return 0, skipped
+    total = sum(remote.size for remote, _ in todo)
+    already = sum(partial_bytes(partial_dir, remote) for remote, _ in todo)
+    check_free_space(
+        partial_dir.parent,
+        total - already + reserve_bytes,
+        f"the download ({format_bytes(total - already)}) plus {reserve_what} "
+        f"({format_bytes(reserve_bytes)})",
+    )
+    print(f"Downloading {len(todo)} file(s), {format_bytes(total)}.", flush=True)
+    bar = tqdm(
+        total=total,
+        initial=already,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        disable=True if constants.HF_HUB_DISABLE_PROGRESS_BARS else None,  # None: only on a tty
+    )
+    bar_lock = threading.Lock()
+
+    def progress(delta: int) -> None:
+        with bar_lock:
+            bar.update(delta)
+
+    stop = threading.Event()
+    queue = list(reversed(todo))
+    queue_lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while not stop.is_set():
+            with queue_lock:
+                if not queue:
+                    return
+                remote, local = queue.pop()
+            try:
+                download_file(
+                    snapshot,
+                    remote,
+                    local,
+                    retry=retry,
+                    partial_dir=partial_dir,
+                    progress=progress,
+                    stop=stop,
+                )
+                manifest.record(remote, local)
+                bar.write(f"  verified {remote.path} ({format_bytes(remote.size)})")
+            except BaseException as exc:
+                errors.append(exc)
+                stop.set()  # the first failure stops the others, at their next chunk or pause
+                return
+
+    # Daemon threads: on Ctrl-C the main thread may exit while a worker still waits on a stalled
+    # connection. Its partial file is then a prefix of the file, which the next run resumes.
+    workers = [
+        threading.Thread(target=worker, daemon=True)
+        for _ in range(max(1, min(max_workers, len(todo))))
+    ]
+    try:
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            while thread.is_alive():
+                thread.join(0.2)  # a timed join lets Ctrl-C through on every platform
+    except KeyboardInterrupt:
+        stop.set()
+        for thread in workers:
+            thread.join(1.0)  # time to close their files; a stalled read is abandoned
+        raise
+    finally:
+        bar.close()
+    failures = [exc for exc in errors if not isinstance(exc, KeyboardInterrupt)]
+    if failures or errors:
+        raise (failures or errors)[0]
+    return len(todo), skipped
+
+
+# -- disk space ---------------------------------------------------------------------------------
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def check_free_space(folder: Path, needed: int, what: str) -> None:
+    """Raise HubDownloadError if the filesystem of `folder` has less than `needed` bytes free."""
+    probe = Path(folder)
+    while not probe.exists():  # the output folder may not exist yet: ask its parent's disk
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < needed:
+        raise HubDownloadError(
+            f"Not enough disk space in {probe}: {what} need about {format_bytes(needed)}, "
+            f"{format_bytes(free)} free. Free up {format_bytes(needed - free)} or choose "
+            "another --output_dir.",
+            exit_code=2,
+        )
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def add_download_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hub and network flags both download scripts share."""
+    g = parser.add_argument_group("hub and network")
+    g.add_argument("--repo_id", default=DEFAULT_REPO_ID, help="dataset repo (default: %(default)s)")
+    g.add_argument(
+        "--revision",
+        default="main",
+        help="branch, tag or commit, resolved to one commit per run (default: %(default)s)",
+    )
+    g.add_argument(
+        "--max_retries",
+        type=int,
+        default=8,
+        help="retries per file or API call after HTTP 408/429/5xx, timeouts, dropped "
+        "connections or a checksum mismatch (default: %(default)s)",
+    )
+    g.add_argument(
+        "--backoff_seconds",
+        type=float,
+        default=1.0,
+        help="wait before the first retry, doubled for each next one, at most 60 s "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--min_free_gb",
+        type=float,
+        default=1.0,
+        help="disk space to leave free after everything is written (default: %(default)s)",
+    )
+
+
+def retry_policy(args: argparse.Namespace) -> RetryPolicy:
+    if args.max_retries < 0 or args.backoff_seconds < 0:
+        raise HubDownloadError("--max_retries and --backoff_seconds must be >= 0.", exit_code=2)
+    return RetryPolicy(max_retries=args.max_retries, backoff_seconds=args.backoff_seconds)
