@@ -383,7 +383,7 @@ def test_quick_start_download_prepare_pretrain(hub, env, tmp_path):
     assert downloaded.returncode == 0, downloaded.stderr
     prepared = run(
         "prepare_subset.py",
-        "--data_dir", data, "--target_tokens", 4_000, "--validation_documents", 10,
+        "--data_dir", data, "--target_tokens", 2_000, "--validation_documents", 5,
         env=env,
     )  # fmt: skip
     assert prepared.returncode == 0, prepared.stderr
