@@ -26,6 +26,14 @@ def run_script(
     )
 
 
+def run_with_fault(fault: str, *args: str, env: dict[str, str] | None = None, timeout: float = 600):
+    """Run pretrain.py through tests/inject.py with `fault` injected (see its docstring)."""
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    full_env.update(env or {})
+    command = [sys.executable, str(REPO / "tests" / "inject.py"), fault, *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
 def tiny_model_args(tokenizer_dir: Path) -> list[str]:
     """A model small enough to train in seconds on a CPU."""
     return [

@@ -13,6 +13,7 @@ reads it and a crafted pickle cannot run code:
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -43,8 +44,14 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as a RuntimeError; surface a full disk as such.
+        cause = exc
+        while cause is not None and getattr(cause, "errno", None) != errno.ENOSPC:
+            cause = cause.__context__
+        if cause is not None and cause is not exc:
+            raise cause from None
         raise
     return path
 
@@ -93,7 +100,18 @@ def resumable_checkpoints(output_dir: Path | str) -> list[Path]:
 
 
 def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Human-readable 'key: saved -> current' for every key whose value differs."""
+    """'key: saved -> current' for every differing value; nested dicts compare key by key."""
+
+    def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        flat = {}
+        for key, value in values.items():
+            if isinstance(value, dict):
+                flat |= flatten(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = value
+        return flat
+
+    saved, current = flatten(saved), flatten(current)
     return [
         f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
         for key in sorted(set(saved) | set(current))

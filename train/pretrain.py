@@ -196,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
             )
     elif args.resume:
         resume_from = Path(args.resume)
-        load_checkpoint(resume_from)  # fail early (missing, truncated, unsafe) before tokenizing
+    # Read before tokenizing, so a missing, truncated or unsafe file fails fast.
+    resume_state = load_checkpoint(resume_from) if resume_from else None
 
     files = find_dataset(args.data_dir)
     encoder = load_encoder(args.tokenizer_name)
@@ -240,6 +241,9 @@ def run(args: argparse.Namespace) -> int:
     model = LlamaForTraining(config).to(device)
     trainer = Trainer(args, world, device, dtype, model, cache, train_windows, val_windows)
     trainer.resume_hint = resume_command()
+    if resume_state is not None:
+        trainer.restore(resume_state, resume_from)
+        del resume_state
     if world.is_main:
         run_config = {
             "args": vars(args),
@@ -263,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     try:
-        return trainer.fit(resume_from)
+        return trainer.fit()
     finally:
         distributed.close_world(world)
 

@@ -66,27 +66,32 @@ def dataset_fingerprint(files: dict[str, list[Path]], encoder: TextEncoder) -> s
     return h.hexdigest()[:16]
 
 
-def _text_batches(path: Path):
-    try:
-        parquet = pq.ParquetFile(path)
+def check_parquet_files(files: list[Path]) -> int:
+    """Open each file's metadata (no data read): raise DatasetFileError for an unreadable file or
+    one without the text column; return the total number of documents."""
+    documents = 0
+    for path in files:
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...
+            raise DatasetFileError(f"Cannot read {path} as parquet: {exc}") from exc
         if TEXT_COLUMN not in parquet.schema_arrow.names:
             raise DatasetFileError(
                 f"{path} has no '{TEXT_COLUMN}' column (columns: {parquet.schema_arrow.names})."
             )
-        for batch in parquet.iter_batches(batch_size=READ_BATCH_DOCUMENTS, columns=[TEXT_COLUMN]):
-            yield [t for t in batch.column(0).to_pylist() if t]
-    except DatasetFileError:
-        raise
-    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...
-        raise DatasetFileError(f"Cannot read {path} as parquet: {exc}") from exc
+        documents += parquet.metadata.num_rows
+    return documents
 
 
-def count_documents(files: list[Path]) -> int:
-    """Rows in the files, from parquet metadata (no data read)."""
+def _text_batches(path: Path):
     try:
-        return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-    except Exception as exc:
-        raise DatasetFileError(f"Cannot read parquet metadata: {exc}") from exc
+        batches = pq.ParquetFile(path).iter_batches(
+            batch_size=READ_BATCH_DOCUMENTS, columns=[TEXT_COLUMN]
+        )
+        for batch in batches:
+            yield [t for t in batch.column(0).to_pylist() if t]
+    except Exception as exc:  # a corrupt page deep inside an otherwise valid file
+        raise DatasetFileError(f"Cannot read {path} as parquet: {exc}") from exc
 
 
 def build_token_cache(
@@ -105,7 +110,7 @@ def build_token_cache(
     try:
         with (
             os.fdopen(fd, "wb") as out,
-            tqdm(total=count_documents(files), desc=desc, unit="doc", unit_scale=True) as bar,
+            tqdm(total=check_parquet_files(files), desc=desc, unit="doc", unit_scale=True) as bar,
         ):
             for path in files:
                 for texts in _text_batches(path):
@@ -136,6 +141,8 @@ def load_or_build_token_cache(
         meta = json.loads(meta_path.read_text())
         return TokenCache(directory, fingerprint, meta["dtype"], meta["num_tokens"]), False
 
+    for paths in files.values():
+        check_parquet_files(paths)  # fail before any tokenizing starts
     directory.mkdir(parents=True, exist_ok=True)
     num_tokens = {
         split: build_token_cache(

@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 import distributed
 from checkpointing import (
-    load_checkpoint,
     resumable_checkpoints,
     save_checkpoint,
     signature_differences,
@@ -43,6 +42,11 @@ class TrainingFailed(Exception):
     """Training cannot go on (out of memory, diverged): reported with exit code 1."""
 
 
+class _StopRequested(Exception):
+    """Raised inside the loop after a SIGINT/SIGTERM, once the current step is complete."""
+
+
+@dataclass
 class Progress:
     """Where training is; saved in every checkpoint so a run resumes exactly."""
 
@@ -96,11 +100,10 @@ class GracefulStop:
         if self.signum is not None:
             os._exit(128 + signum)  # writes are atomic, so nothing is left half-valid
         self.signum = signum
-        print(
-            f"\n{signal.Signals(signum).name}: finishing this step and saving; "
-            "press Ctrl-C again to quit at once.",
-            file=sys.stderr,
-        )
+        # os.write, not print: a handler that prints can re-enter a write in progress.
+        name = signal.Signals(signum).name
+        notice = f"\n{name}: finishing this step and saving; press Ctrl-C again to quit at once.\n"
+        os.write(2, notice.encode())
 
 
 class Trainer:
@@ -134,6 +137,7 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.step_model = DistributedDataParallel(self.step_model, device_ids=ids)
         self.progress = Progress()
+        self.resumed = False
         self.stop = GracefulStop()
         self.resume_hint = "add --resume auto to the same command"
 
@@ -174,8 +178,8 @@ class Trainer:
                 ) from None
             raise
 
-    def restore(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location=self.device)
+    def restore(self, state: dict[str, Any], path: Path) -> None:
+        """Continue from a resumable checkpoint read by load_checkpoint, if it fits this run."""
         if "progress" not in state:
             raise UsageError(f"{path} holds weights only (e.g. best_model.pt); resume from a "
                              "checkpoint_epoch_N.pt or checkpoint_last.pt")  # fmt: skip
@@ -187,6 +191,8 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**state["progress"])
+        self.resumed = True
+        self.log(f"resumed from {path} at step {self.progress.step}, epoch {self.progress.epoch}")
         torch.set_rng_state(state["rng"]["cpu"].cpu())
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
@@ -282,19 +288,17 @@ class Trainer:
         if self.world.is_main:
             tqdm.write(message, file=sys.stderr)
 
-    def fit(self, resume_from: Path | None) -> int:
+    def fit(self) -> int:
+        """Train to the end of the last epoch; return the process exit code."""
         args, progress = self.args, self.progress
-        if resume_from is not None:
-            self.restore(resume_from)
-            progress = self.progress
-            self.log(f"resumed from {resume_from} at step {progress.step}, epoch {progress.epoch}")
+        # Points logged after the checkpoint by an interrupted run are dropped and redone.
         metrics = Metrics(
             self.output_dir / "tensorboard",
             enabled=self.world.is_main,
-            purge_step=progress.step if resume_from is not None else None,
+            purge_step=progress.step + 1 if self.resumed else None,
         )
         self.model.train()
-        if resume_from is None:
+        if not self.resumed:
             self.validate(metrics)  # the step-0 point of the validation curve
 
         bar = tqdm(
@@ -375,7 +379,7 @@ class Trainer:
                     if args.save_interval and progress.step % args.save_interval == 0:
                         self.save("checkpoint_last.pt", val_loss)
                     if self.stop.signum is not None:
-                        return self.interrupted(metrics)
+                        raise _StopRequested
 
                 progress.epoch += 1
                 progress.step_in_epoch = 0
@@ -383,24 +387,23 @@ class Trainer:
                 self.save(f"checkpoint_epoch_{progress.epoch}.pt", val_loss)
                 self.log(f"epoch {progress.epoch}: validation loss {val_loss:.4f}")
                 if self.stop.signum is not None:
-                    return self.interrupted(metrics)
+                    raise _StopRequested
+        except _StopRequested:
+            self.save("checkpoint_last.pt", None)
         finally:
             bar.close()
             metrics.close()
+        if self.stop.signum is not None:
+            self.log(
+                f"Stopped at step {progress.step}; saved {self.output_dir / 'checkpoint_last.pt'}."
+                f"\nResume with:\n  {self.resume_hint}"
+            )
+            return 128 + self.stop.signum
         self.log(
             f"Done: best validation loss {progress.best_val_loss:.4f}. "
             f"Outputs in {self.output_dir} (tensorboard --logdir {self.output_dir / 'tensorboard'})"
         )
         return 0
-
-    def interrupted(self, metrics: Metrics) -> int:
-        self.save("checkpoint_last.pt", None)
-        metrics.flush()
-        self.log(
-            f"Stopped at step {self.progress.step}; saved {self.output_dir / 'checkpoint_last.pt'}."
-            f"\nResume with:\n  {self.resume_hint}"
-        )
-        return 128 + self.stop.signum
 
     def last_good(self) -> str:
         found = resumable_checkpoints(self.output_dir)

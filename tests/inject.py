@@ -1,0 +1,139 @@
+"""Run pretrain.py's main() with one fault injected, for tests: python inject.py FAULT ARGS...
+
+Faults (the product code has no test hooks; this wrapper patches it from outside):
+    nan:I,J,...    training forward calls number I, J... (0-based) return a NaN loss
+    nan:all        every training forward returns a NaN loss
+    oom:N          a micro-batch of more than N sequences raises torch.OutOfMemoryError
+    enospc:MODULE  writes through os.fdopen in MODULE (token_cache, checkpointing) fail with
+                   ENOSPC after 4 KiB, as on a full disk
+    signal:NAME:I  training forward call I sends signal NAME (e.g. SIGTERM) to this process
+    hang_save:K:MARKER  the K-th checkpoint save (1-based) writes half its bytes, creates
+                   MARKER, then sleeps: the test kills the process there
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import io
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+
+import torch  # noqa: E402
+
+import model  # noqa: E402
+
+
+def inject(fault: str) -> None:
+    kind, _, spec = fault.partition(":")
+    if kind == "none":
+        return
+    if kind == "nan":
+        original = model.LlamaForTraining.forward
+        calls = {"n": 0}
+        which = None if spec == "all" else {int(i) for i in spec.split(",")}
+
+        def nan_forward(self, input_ids, targets=None):
+            logits, loss = original(self, input_ids, targets)
+            if self.training:
+                if which is None or calls["n"] in which:
+                    loss = loss * float("nan")
+                calls["n"] += 1
+            return logits, loss
+
+        model.LlamaForTraining.forward = nan_forward
+    elif kind == "oom":
+        limit = int(spec)
+        original = model.LlamaForTraining.forward
+
+        def oom_forward(self, input_ids, targets=None):
+            if self.training and input_ids.size(0) > limit:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return original(self, input_ids, targets)
+
+        model.LlamaForTraining.forward = oom_forward
+    elif kind == "enospc":
+        target = importlib.import_module(spec)
+        real_fdopen = os.fdopen
+
+        class FullDisk(io.RawIOBase):
+            def __init__(self, f):
+                self.f, self.budget = f, 4096
+
+            def writable(self):
+                return True
+
+            def write(self, data):
+                if len(data) > self.budget:
+                    raise OSError(errno.ENOSPC, "No space left on device")
+                self.budget -= len(data)
+                return self.f.write(data)
+
+            def flush(self):
+                if not self.f.closed:
+                    self.f.flush()
+
+            def fileno(self):
+                return self.f.fileno()
+
+            def close(self):
+                self.f.close()
+                super().close()
+
+        class PatchedOs:
+            def __getattr__(self, name):
+                return getattr(os, name)
+
+            @staticmethod
+            def fdopen(fd, *args, **kwargs):
+                return FullDisk(real_fdopen(fd, *args, **kwargs))
+
+        target.os = PatchedOs()
+    elif kind == "signal":
+        import signal
+
+        name, at = spec.split(":")
+        original = model.LlamaForTraining.forward
+        calls = {"n": 0}
+
+        def signalling_forward(self, input_ids, targets=None):
+            if self.training:
+                if calls["n"] == int(at):
+                    os.kill(os.getpid(), getattr(signal, name))
+                calls["n"] += 1
+            return original(self, input_ids, targets)
+
+        model.LlamaForTraining.forward = signalling_forward
+    elif kind == "hang_save":
+        count, marker = spec.split(":", 1)
+        import checkpointing
+
+        real_save = torch.save
+        calls = {"n": 0}
+
+        def hanging_save(obj, f, *args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] != int(count):
+                return real_save(obj, f, *args, **kwargs)
+            buffer = io.BytesIO()
+            real_save(obj, buffer, *args, **kwargs)
+            f.write(buffer.getvalue()[: buffer.tell() // 2])
+            f.flush()
+            Path(marker).touch()
+            time.sleep(600)
+
+        checkpointing.torch.save = hanging_save
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    inject(sys.argv[1])
+    import pretrain
+
+    sys.argv = ["pretrain.py", *sys.argv[2:]]
+    sys.exit(pretrain.main(sys.argv[1:]))
