@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from textdata import english_documents, save_gpt2_tokenizer, write_layout
 
 REPO = Path(__file__).resolve().parents[1]
