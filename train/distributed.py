@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -25,7 +26,8 @@ def init_world(device_type: str) -> World:
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return World()
     backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
+    # Long timeout: the other ranks wait at a barrier while rank 0 tokenizes the dataset.
+    dist.init_process_group(backend=backend, timeout=timedelta(hours=6))
     world = World(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
     if device_type == "cuda":
         torch.cuda.set_device(world.local_rank)
@@ -43,6 +45,15 @@ def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
         dist.all_reduce(value)  # SUM: gloo has no AVG
         value /= world.size
     return value
+
+
+def any_rank(flag: bool, world: World) -> bool:
+    """True on every rank if `flag` is true on any rank (so all ranks stop at the same step)."""
+    if world.size == 1:
+        return flag
+    value = torch.tensor(float(flag))
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value)
 
 
 def close_world(world: World) -> None:

@@ -313,7 +313,7 @@ class Trainer:
         tokens_per_step = self.sampler.windows_per_step * self.world.size * args.max_length
         log_loss = torch.zeros((), device=self.device)
         log_steps, log_time, bad_in_a_row = 0, time.perf_counter(), 0
-        val_loss = None
+        val_loss, stopped = None, False
         try:
             while progress.epoch < args.num_epochs:
                 for indices in self.sampler.step_windows(progress.epoch, progress.step_in_epoch):
@@ -378,7 +378,7 @@ class Trainer:
                             val_loss = self.validate(metrics)
                     if args.save_interval and progress.step % args.save_interval == 0:
                         self.save("checkpoint_last.pt", val_loss)
-                    if self.stop.signum is not None:
+                    if distributed.any_rank(self.stop.signum is not None, self.world):
                         raise _StopRequested
 
                 progress.epoch += 1
@@ -386,19 +386,20 @@ class Trainer:
                 val_loss = self.validate(metrics)
                 self.save(f"checkpoint_epoch_{progress.epoch}.pt", val_loss)
                 self.log(f"epoch {progress.epoch}: validation loss {val_loss:.4f}")
-                if self.stop.signum is not None:
+                if distributed.any_rank(self.stop.signum is not None, self.world):
                     raise _StopRequested
         except _StopRequested:
+            stopped = True
             self.save("checkpoint_last.pt", None)
         finally:
             bar.close()
             metrics.close()
-        if self.stop.signum is not None:
+        if stopped:
             self.log(
                 f"Stopped at step {progress.step}; saved {self.output_dir / 'checkpoint_last.pt'}."
                 f"\nResume with:\n  {self.resume_hint}"
             )
-            return 128 + self.stop.signum
+            return 128 + (self.stop.signum or signal.SIGTERM)  # a rank told by another
         self.log(
             f"Done: best validation loss {progress.best_val_loss:.4f}. "
             f"Outputs in {self.output_dir} (tensorboard --logdir {self.output_dir / 'tensorboard'})"
