@@ -64,6 +64,13 @@ def test_validation_loss_falls(trained):
     assert val[-1][1] < 0.8 * val[0][1]
     best = torch.load(out / "best_model.pt", weights_only=True)
     assert best["val_loss"] == pytest.approx(min(v for _, v in val), rel=1e-5)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    samples = events.Tensors("samples/text_summary")
+    assert [e.step for e in samples] == [s for s, _ in val]
+    assert samples[-1].tensor_proto.string_val[0].decode().startswith("The meaning of life is")
     perplexity = scalars(out / "tensorboard", "val/perplexity")
     assert perplexity[-1][1] == pytest.approx(2.718281828 ** val[-1][1], rel=1e-4)
 

@@ -239,7 +239,9 @@ def run(args: argparse.Namespace) -> int:
         max_position_embeddings=args.max_position_embeddings,
     )
     model = LlamaForTraining(config).to(device)
-    trainer = Trainer(args, world, device, dtype, model, cache, train_windows, val_windows)
+    trainer = Trainer(
+        args, world, device, dtype, model, cache, train_windows, val_windows, tokenizer=encoder
+    )
     trainer.resume_hint = resume_command()
     if resume_state is not None:
         trainer.restore(resume_state, resume_from)

@@ -30,6 +30,7 @@ from checkpointing import (
 from metrics import Metrics
 from model import ModelConfig
 from optim import build_optimizer, learning_rate_at
+from sampling import sample_text
 from token_cache import TokenCache
 from token_windows import EpochSampler, micro_batches
 
@@ -40,6 +41,9 @@ class UsageError(Exception):
 
 class TrainingFailed(Exception):
     """Training cannot go on (out of memory, diverged): reported with exit code 1."""
+
+
+SAMPLE_PROMPT = "The meaning of life is"
 
 
 class _StopRequested(Exception):
@@ -109,8 +113,11 @@ class GracefulStop:
 class Trainer:
     """The training loop. Only the main rank writes files or prints bars."""
 
-    def __init__(self, args, world, device, dtype, model, cache, train_windows, val_windows):
+    def __init__(
+        self, args, world, device, dtype, model, cache, train_windows, val_windows, tokenizer=None
+    ):
         self.args, self.world, self.device = args, world, device
+        self.tokenizer = tokenizer  # for the sample logged at each validation
         self.model = model  # unwrapped: what checkpoints save
         self.train_windows, self.val_windows = train_windows, val_windows
         self.output_dir = Path(args.output_dir)
@@ -277,6 +284,9 @@ class Trainer:
             self.progress.step,
             {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))},
         )
+        if self.world.is_main and self.tokenizer is not None:
+            sample = sample_text(self.model, self.tokenizer, SAMPLE_PROMPT)
+            metrics.text(self.progress.step, "samples", sample)
         if val_loss < self.progress.best_val_loss:
             self.progress.best_val_loss = val_loss
             self.save("best_model.pt", val_loss, resumable=False)
