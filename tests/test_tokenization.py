@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+
 import tokenization
 from tokenization import (
     NotByteLevelBPE,
@@ -76,6 +79,23 @@ def test_identical_ids_on_every_vocabulary_token(gpt2: TextEncoder) -> None:
     encoding = gpt2.tiktoken_encoding
     texts = [encoding.decode([i]) for i in range(gpt2.vocab_size)]
     assert_same_ids_as_transformers(gpt2, texts)
+
+
+@pytest.mark.parametrize("engine", ["tiktoken", "transformers"])
+def test_encode_documents_is_encode_batch_with_eos(
+    gpt2: TextEncoder, documents: list[str], engine: str
+) -> None:
+    encoder = gpt2 if engine == "tiktoken" else replace(gpt2, tiktoken_encoding=None)
+    assert encoder.backend == engine
+    texts = documents[:30] + TRICKY_TEXTS
+    if engine == "tiktoken":  # transformers rejects lone surrogates (Arrow text never has them)
+        texts.append("lone \ud800 surrogate")
+    expected = [token for ids in encoder.encode_batch(texts) for token in [*ids, 50256]]
+    for dtype in (np.uint16, np.uint32):
+        array = encoder.encode_documents(texts, dtype)
+        assert array.dtype == dtype
+        assert array.tolist() == expected
+    assert encoder.encode_documents([], np.uint16).tolist() == encoder.encode_batch([]) == []
 
 
 def test_literal_special_token_is_encoded_as_text(gpt2: TextEncoder) -> None:
