@@ -12,7 +12,6 @@ so memory stays bounded whatever the dataset size.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import tempfile
@@ -103,7 +102,6 @@ def build_token_cache(
     build (Ctrl-C, disk full) never leaves a file under `dest`.
     """
     dtype = token_dtype(encoder.vocab_size)
-    eos = encoder.eos_token_id
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.fchmod(fd, 0o644)
     total = 0
@@ -114,10 +112,7 @@ def build_token_cache(
         ):
             for path in files:
                 for texts in _text_batches(path):
-                    ids = encoder.encode_batch(texts)
-                    for doc in ids:
-                        doc.append(eos)
-                    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=dtype)
+                    flat = encoder.encode_documents(texts, dtype)  # EOS after each
                     out.write(flat.tobytes())
                     total += flat.size
                     bar.update(len(texts))
