@@ -17,6 +17,8 @@ from types import SimpleNamespace
 import generate
 import pytest
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from checkpointing import model_from_checkpoint, save_checkpoint
 from model import KVCache, LlamaForTraining, ModelConfig
 from sampling import (
@@ -27,7 +29,6 @@ from sampling import (
     sample_text,
     unwrap_model,
 )
-from transformers import AutoModelForCausalLM, AutoTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The quick brown fox"

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
 from checkpointing import model_from_checkpoint
 from model import LlamaForTraining, ModelConfig
 from sampling import (
@@ -26,7 +28,6 @@ from sampling import (
     DEFAULT_TOP_P,
     checkpoint_tokenizer,
 )
-from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
 TOLERANCE = 1e-4  # max |logit difference| allowed between the export and the checkpoint (fp32)
 

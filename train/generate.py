@@ -12,6 +12,7 @@ import argparse
 import sys
 
 import torch
+
 from checkpointing import model_from_checkpoint
 from sampling import (
     DEFAULT_MAX_NEW_TOKENS,

@@ -11,9 +11,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+
 from model import KVCache, LlamaForTraining
 from tokenization import TokenizerLoadError
-from torch.nn.parallel import DistributedDataParallel
 
 # generate.py's flag defaults; export_hf.py writes the same into generation_config.json.
 DEFAULT_MAX_NEW_TOKENS = 200
