@@ -1,56 +1,209 @@
-"""torchrun with 2 CPU processes (gloo) against one process with the same global batch."""
+"""torchrun with 2 CPU processes (gloo), DDP and --fsdp, against one process with the same
+global batch; FSDP checkpoints in the single-process format, resumed across world sizes."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
+import pytest
 import torch
 from test_pretrain import scalars
 
+from checkpointing import model_from_checkpoint
 from scripts import REPO, tiny_model_args
 from textdata import write_layout
 
+SAVE_AT = 10  # checkpoint_last.pt is step 10 of the 17 in the epoch: resumes run 7 steps
 
-def test_two_ranks_match_one_rank_with_the_same_global_batch(
-    tmp_path, documents, gpt2_tokenizer_dir
-):
-    data = write_layout(tmp_path / "data", documents[:10], documents[-3:])
-    common = [
-        "--data_dir", data, *tiny_model_args(gpt2_tokenizer_dir), "--batch_size", "4",
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, documents):
+    """~4.5k train tokens: 17 optimizer steps of 8 windows of 33 tokens."""
+    return write_layout(tmp_path_factory.mktemp("dist") / "data", documents[:10], documents[-3:])
+
+
+def pretrain(
+    data: Path, tokenizer: Path, out: Path, ranks: int, *extra
+) -> subprocess.CompletedProcess:
+    """pretrain.py with a global batch of 8 windows: 4 x 2 in one process, 4 x 1 per rank on 2."""
+    args = [
+        "--data_dir", data, "--output_dir", out, *tiny_model_args(tokenizer),
+        "--batch_size", "4", "--gradient_accumulation_steps", str(2 // ranks),
         "--num_epochs", "1", "--learning_rate", "2e-3", "--log_interval", "1",
-        "--eval_max_batches", "2",
+        "--save_interval", SAVE_AT, "--eval_max_batches", "3",  # 3: one rank runs one more
+        *extra,
     ]  # fmt: skip
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    script = str(REPO / "train" / "pretrain.py")
-    one = subprocess.run(
-        [sys.executable, script, *map(str, common), "--output_dir", tmp_path / "one",
-         "--gradient_accumulation_steps", "2"],
+    return subprocess.run(
+        [*launcher, str(REPO / "train" / "pretrain.py"), *map(str, args)],
         capture_output=True, text=True, env=env, timeout=600,
     )  # fmt: skip
-    assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         script, *map(str, common), "--output_dir", tmp_path / "two",
-         "--gradient_accumulation_steps", "1"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )  # fmt: skip
-    assert two.returncode == 0, two.stderr[-3000:]
 
+
+@pytest.fixture(scope="module")
+def one_rank(data, gpt2_tokenizer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "out"
+    result = pretrain(data, gpt2_tokenizer_dir, out, 1)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def fsdp(data, gpt2_tokenizer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fsdp") / "out"
+    result = pretrain(data, gpt2_tokenizer_dir, out, 2, "--fsdp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def final_weights(out: Path) -> dict[str, torch.Tensor]:
+    return torch.load(out / "checkpoint_epoch_1.pt", weights_only=True)["model"]
+
+
+def assert_close_weights(a: dict, b: dict, atol: float = 1e-5) -> None:
+    assert list(a) == list(b)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=atol)
+
+
+def assert_same_curves(a: Path, b: Path, after: int = -1, tol: float = 1e-4) -> None:
+    for tag in ["train/loss", "val/loss"]:
+        curve_a = [p for p in scalars(a / "tensorboard", tag) if p[0] > after]
+        curve_b = [p for p in scalars(b / "tensorboard", tag) if p[0] > after]
+        assert curve_a and [s for s, _ in curve_a] == [s for s, _ in curve_b], tag
+        for (_, x), (_, y) in zip(curve_a, curve_b, strict=True):
+            assert abs(x - y) <= tol, (tag, x, y)
+
+
+def assert_one_set_of_outputs(out: Path, reference: Path, stderr: str) -> None:
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
+    assert len(list((out / "tensorboard").iterdir())) == 1  # one writer
+    assert stderr.count("token cache built") + stderr.count("token cache reused") == 1
+    assert stderr.count("Done: best validation loss") == 1
+
+
+def test_ddp_two_ranks_match_one_rank_with_the_same_global_batch(
+    one_rank, data, gpt2_tokenizer_dir, tmp_path
+):
+    two = pretrain(data, gpt2_tokenizer_dir, tmp_path / "two", 2)
+    assert two.returncode == 0, two.stderr[-3000:]
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["world_size"] == 2 and config["tokens_per_optimizer_step"] == 8 * 32
-    assert two.stderr.count("token cache built") + two.stderr.count("token cache reused") == 1
-    assert len(list((tmp_path / "two" / "tensorboard").iterdir())) == 1  # one writer
+    assert_one_set_of_outputs(tmp_path / "two", one_rank, two.stderr)
+    assert_close_weights(final_weights(tmp_path / "two"), final_weights(one_rank))
+    assert_same_curves(tmp_path / "two", one_rank)
 
-    a = torch.load(tmp_path / "one" / "checkpoint_epoch_1.pt", weights_only=True)["model"]
-    b = torch.load(tmp_path / "two" / "checkpoint_epoch_1.pt", weights_only=True)["model"]
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-5)
-    for tag in ["train/loss", "val/loss"]:
-        curve_one = scalars(tmp_path / "one" / "tensorboard", tag)
-        curve_two = scalars(tmp_path / "two" / "tensorboard", tag)
-        assert [s for s, _ in curve_one] == [s for s, _ in curve_two]
-        for (_, x), (_, y) in zip(curve_one, curve_two, strict=True):
-            assert abs(x - y) < 1e-4, (tag, x, y)
+
+def test_fsdp_two_ranks_match_one_rank_with_the_same_global_batch(fsdp, one_rank):
+    out, result = fsdp
+    config = json.loads((out / "config.json").read_text())
+    reference = json.loads((one_rank / "config.json").read_text())
+    assert config["world_size"] == 2 and config["args"]["fsdp"]
+    assert config["num_parameters"] == reference["num_parameters"]  # counted unsharded
+    assert_one_set_of_outputs(out, one_rank, result.stderr)
+    assert_close_weights(final_weights(out), final_weights(one_rank))
+    assert_same_curves(out, one_rank)
+    # Gradient clipping acted on the full norm (steps above max_norm 1.0 are clipped alike).
+    norms = [v for _, v in scalars(out / "tensorboard", "train/grad_norm")]
+    reference = [v for _, v in scalars(one_rank / "tensorboard", "train/grad_norm")]
+    assert max(reference) > 1.0
+    assert norms == pytest.approx(reference, abs=1e-3)
+    # Every rank decoded the validation sample together; rank 0 logged it.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    assert [e.step for e in events.Tensors("samples/text_summary")] == [0, 17]
+
+
+def test_fsdp_checkpoint_has_the_single_process_format(fsdp, one_rank):
+    out, _ = fsdp
+    ours = torch.load(out / "checkpoint_last.pt", weights_only=True)
+    theirs = torch.load(one_rank / "checkpoint_last.pt", weights_only=True)
+    assert ours.keys() == theirs.keys() and ours["signature"] == theirs["signature"]
+    assert ours["step"] == theirs["step"] == SAVE_AT
+    model = ours["model"]
+    assert all(type(t) is torch.Tensor for t in model.values())  # plain tensors, no DTensor
+    assert model["lm_head.weight"] is model["model.embed_tokens.weight"]  # stored once, tied
+    assert_close_weights(model, theirs["model"])
+    optimizer, reference = ours["optimizer"], theirs["optimizer"]
+    assert optimizer["param_groups"] == reference["param_groups"]
+    assert optimizer["state"].keys() == reference["state"].keys()
+    for i, state in reference["state"].items():
+        for key, value in state.items():
+            torch.testing.assert_close(optimizer["state"][i][key], value, rtol=1e-3, atol=1e-6)
+
+
+def test_fsdp_checkpoint_loads_and_resumes_in_one_process(
+    fsdp, one_rank, data, gpt2_tokenizer_dir, tmp_path
+):
+    out, _ = fsdp
+    model, state = model_from_checkpoint(out / "checkpoint_epoch_1.pt")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert_close_weights(model.state_dict(), final_weights(one_rank))
+    assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))[0]).all()
+
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(out / "checkpoint_last.pt", resumed)
+    result = pretrain(data, gpt2_tokenizer_dir, resumed, 1, "--resume", "auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"at step {SAVE_AT}" in result.stderr
+    assert_close_weights(final_weights(resumed), final_weights(one_rank))
+    assert_same_curves(resumed, one_rank, after=SAVE_AT)
+
+
+def test_fsdp_resume_with_the_same_world_size_is_exact(fsdp, data, gpt2_tokenizer_dir, tmp_path):
+    out, _ = fsdp
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(out / "checkpoint_last.pt", resumed)
+    result = pretrain(data, gpt2_tokenizer_dir, resumed, 2, "--fsdp", "--resume", "auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"at step {SAVE_AT}" in result.stderr
+    ours, theirs = final_weights(resumed), final_weights(out)
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "final weights differ"
+    assert_same_curves(resumed, out, after=SAVE_AT, tol=0.0)
+
+
+def test_one_process_checkpoint_resumes_under_fsdp(one_rank, data, gpt2_tokenizer_dir, tmp_path):
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(one_rank / "checkpoint_last.pt", resumed)
+    result = pretrain(data, gpt2_tokenizer_dir, resumed, 2, "--fsdp", "--resume", "auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"at step {SAVE_AT}" in result.stderr
+    assert_close_weights(final_weights(resumed), final_weights(one_rank))
+    assert_same_curves(resumed, one_rank, after=SAVE_AT)
+
+
+def test_resume_with_another_global_batch_names_the_fix(fsdp, data, gpt2_tokenizer_dir, tmp_path):
+    out, _ = fsdp
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(out / "checkpoint_last.pt", resumed)
+    # One process at 4 x 1 is half the FSDP run's global batch of 8.
+    result = pretrain(
+        data, gpt2_tokenizer_dir, resumed, 1, "--resume", "auto",
+        "--gradient_accumulation_steps", "1",
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "sequences_per_step: 8 -> 4" in message
+    assert "--gradient_accumulation_steps 2" in message
+
+
+def test_fsdp_without_torchrun_is_refused(data, gpt2_tokenizer_dir, tmp_path):
+    result = pretrain(data, gpt2_tokenizer_dir, tmp_path / "out", 1, "--fsdp")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "torchrun" in result.stderr and "drop --fsdp" in result.stderr
+    assert not (tmp_path / "out").exists()

@@ -9,6 +9,10 @@ reads it and a crafted pickle cannot run code:
     step, epoch      optimizer steps done, epochs completed
     val_loss         validation loss when written (None if not evaluated)
     ...              resumable checkpoints add optimizer and training state
+
+The format does not depend on how the run was launched: one process, DDP and FSDP (which
+gathers its shards first, see distributed.py) all write full, unsharded tensors, so any of
+them resumes a checkpoint written by another (same global batch, see Trainer.restore).
 """
 
 from __future__ import annotations

@@ -1,13 +1,21 @@
-"""Process-group setup for torchrun; a single process is the world of size 1."""
+"""Process-group setup for torchrun, and FSDP2 sharding; a single process is the world of size 1.
+
+Under --fsdp each rank holds only a slice of every parameter, gradient and optimizer state
+(DTensors). Checkpoints stay in the single-process format: the helpers below gather the full
+tensors to rank 0 to save them, and shard full tensors again to load them, so a checkpoint
+does not depend on how many processes wrote or read it.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 
 @dataclass(frozen=True)
@@ -59,3 +67,103 @@ def any_rank(flag: bool, world: World) -> bool:
 def close_world(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- FSDP2 ------------------------------------------------------------------------------------
+
+
+def shard_model(model: nn.Module, world: World, device: torch.device) -> None:
+    """Shard `model` in place with FSDP2 over all ranks: each block, then the root.
+
+    The root group holds what no block does: the embedding, the final norm and the LM head,
+    which is tied to the embedding and so must stay in the same group. fully_shard moves each
+    group's tensors to `device` as it shards them, so a model built on the CPU never has to fit
+    one accelerator whole. Every rank must build the same initial weights (same seed).
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world.size,))
+    for block in model.model.layers:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def full_tensor(value: torch.Tensor) -> torch.Tensor:
+    """A DTensor's whole value (a collective: every rank calls it); other tensors unchanged."""
+    from torch.distributed.tensor import DTensor
+
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def _full_options(**kwargs: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def gather_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """model.state_dict() of an unsharded model, on rank 0's CPU ({} elsewhere); every rank calls.
+
+    Tied parameters are gathered once per name; they are tied again so the file stores the
+    shared tensor once, as torch.save of a plain model does.
+    """
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    state = get_model_state_dict(model, options=_full_options(cpu_offload=True))
+    if state:
+        for names in _tied_names(model):
+            for name in names[1:]:
+                state[name] = state[names[0]]
+    return state
+
+
+def _tied_names(model: nn.Module) -> list[list[str]]:
+    by_parameter: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        by_parameter.setdefault(id(parameter), []).append(name)
+    return [names for names in by_parameter.values() if len(names) > 1]
+
+
+def load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a full (single-process format) state dict, present on every rank, into shards."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    set_model_state_dict(model, state, options=_full_options())
+
+
+def gather_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """optimizer.state_dict() as an unsharded run has it, on rank 0's CPU ({} elsewhere).
+
+    torch.distributed.checkpoint keys the state by parameter name; a plain state_dict() numbers
+    the parameters in param_groups order, so renumber in that order. Every rank must call this.
+    """
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    by_name = get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+    if not by_name:
+        return {}
+    number: dict[str, int] = {}
+    groups = [
+        {**group, "params": [number.setdefault(name, len(number)) for name in group["params"]]}
+        for group in by_name["param_groups"]
+    ]
+    return {"state": {number[n]: s for n, s in by_name["state"].items()}, "param_groups": groups}
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> None:
+    """Load a plain optimizer.state_dict() (parameters numbered), present on every rank."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    name_of = {id(p): name for name, p in model.named_parameters()}
+    names = [name_of[id(p)] for group in optimizer.param_groups for p in group["params"]]
+    by_name = {
+        "state": {names[i]: s for i, s in state["state"].items()},
+        "param_groups": [
+            {**group, "params": [names[i] for i in group["params"]]}
+            for group in state["param_groups"]
+        ],
+    }
+    set_optimizer_state_dict(model, optimizer, by_name, options=_full_options())

@@ -2,8 +2,9 @@
 
     uv run train/pretrain.py --data_dir ./data/openwebtext_subset --output_dir ./checkpoints
 
-Runs under torchrun too (DistributedDataParallel). Exit codes: 0 done, 1 training failed
-(out of memory, diverged), 2 bad input, 130/143 stopped by SIGINT/SIGTERM (resumable).
+Runs under torchrun too (DistributedDataParallel, or FSDP2 sharding with --fsdp). Exit codes:
+0 done, 1 training failed (out of memory, diverged), 2 bad input, 130/143 stopped by
+SIGINT/SIGTERM (resumable).
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto (mps, cuda, cpu), or e.g. cuda:1")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
     g.add_argument("--compile", action="store_true", help="torch.compile (CUDA, CPU)")
+    g.add_argument(
+        "--fsdp",
+        action="store_true",
+        help="under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead "
+        "of replicating them (DDP), for models that do not fit one device",
+    )
     g.add_argument("--auto_batch", action="store_true", help="on OOM halve the micro-batch")
     g.add_argument("--max_bad_steps", type=int, default=5, help="consecutive non-finite steps")
     return p
@@ -179,7 +186,14 @@ def run(args: argparse.Namespace) -> int:
     validate_args(args)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    if args.fsdp and device.type not in ("cuda", "cpu"):
+        raise UsageError(f"--fsdp runs on CUDA or CPU, not {device.type}: drop --fsdp")
     world = distributed.init_world(device.type)
+    if args.fsdp and world.size == 1:
+        raise UsageError(
+            "--fsdp shards the model over the processes torchrun starts, and this is one "
+            "process: run torchrun --nproc_per_node N train/pretrain.py ... --fsdp, or drop --fsdp"
+        )
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
     output_dir = Path(args.output_dir)
@@ -238,7 +252,9 @@ def run(args: argparse.Namespace) -> int:
         num_heads=args.num_heads,
         max_position_embeddings=args.max_position_embeddings,
     )
-    model = LlamaForTraining(config).to(device)
+    model = LlamaForTraining(config)
+    if not args.fsdp:  # FSDP moves each block to the device as it shards it (Trainer)
+        model = model.to(device)
     trainer = Trainer(
         args, world, device, dtype, model, cache, train_windows, val_windows, tokenizer=encoder
     )

@@ -1,7 +1,8 @@
 """The training loop: accumulation, clipping, schedule, evaluation, checkpoints, recovery.
 
 One Trainer per process. Only the main rank writes files or prints; under torchrun the model is
-wrapped in DistributedDataParallel and each rank takes its own slice of every step's windows.
+wrapped in DistributedDataParallel (or sharded with FSDP2 under --fsdp) and each rank takes its
+own slice of every step's windows.
 """
 
 from __future__ import annotations
@@ -136,9 +137,13 @@ class Trainer:
         self.warmup_steps = (
             args.warmup_steps if args.warmup_steps >= 0 else min(2000, self.total_steps // 20)
         )
+        # FSDP shards in place (parameters become DTensors), so before the optimizer sees them.
+        self.fsdp = args.fsdp and world.size > 1
+        if self.fsdp:
+            distributed.shard_model(model, world, device)
         self.optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, device.type)
         self.step_model = torch.compile(model) if args.compile else model
-        if world.size > 1:
+        if world.size > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [device.index] if device.type == "cuda" else None
@@ -151,8 +156,13 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------
 
     def state(self, val_loss: float | None, resumable: bool = True) -> dict[str, Any]:
+        """The checkpoint dict. Under FSDP a collective: every rank calls it, rank 0 gets it."""
+        if self.fsdp:
+            model_state = distributed.gather_model_state(self.model)
+        else:
+            model_state = self.model.state_dict()
         state = {
-            "model": self.model.state_dict(),
+            "model": model_state,
             "model_config": self.model.config.to_dict(),
             "tokenizer_name": self.args.tokenizer_name,
             "step": self.progress.step,
@@ -163,8 +173,12 @@ class Trainer:
             rng = {"cpu": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
+            if self.fsdp:
+                optimizer_state = distributed.gather_optimizer_state(self.model, self.optimizer)
+            else:
+                optimizer_state = self.optimizer.state_dict()
             state |= {
-                "optimizer": self.optimizer.state_dict(),
+                "optimizer": optimizer_state,
                 "progress": asdict(self.progress),
                 "signature": self.signature,
                 "rng": rng,
@@ -172,11 +186,15 @@ class Trainer:
         return state
 
     def save(self, name: str, val_loss: float | None, resumable: bool = True) -> None:
+        """Write a checkpoint from the main rank. Every rank calls this (FSDP gathers shards)."""
+        if not (self.world.is_main or self.fsdp):
+            return
+        state = self.state(val_loss, resumable)
         if not self.world.is_main:
             return
         path = self.output_dir / name
         try:
-            save_checkpoint(self.state(val_loss, resumable), path)
+            save_checkpoint(state, path)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise UsageError(
@@ -193,16 +211,38 @@ class Trainer:
         differences = signature_differences(state["signature"], self.signature)
         if differences:
             raise UsageError(
-                f"Cannot resume from {path}: this run differs in " + "; ".join(differences)
+                f"Cannot resume from {path}: this run differs in "
+                + "; ".join(differences)
+                + self._global_batch_hint(state["signature"].get("sequences_per_step"))
             )
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # Checkpoints hold full tensors whatever wrote them: FSDP shards them on the way in.
+        if self.fsdp:
+            distributed.load_model_state(self.model, state["model"])
+            distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.progress = Progress(**state["progress"])
         self.resumed = True
         self.log(f"resumed from {path} at step {self.progress.step}, epoch {self.progress.epoch}")
         torch.set_rng_state(state["rng"]["cpu"].cpu())
         if "cuda" in state["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+
+    def _global_batch_hint(self, saved: int | None) -> str:
+        """How to resume with another number of processes: keep the global batch."""
+        current = self.signature["sequences_per_step"]
+        if saved is None or saved == current:
+            return ""
+        hint = (
+            ". sequences_per_step is batch_size x gradient_accumulation_steps x processes "
+            f"({self.batch_size} x {self.accumulation} x {self.world.size} now); any number of "
+            "processes resumes a run if that product is unchanged"
+        )
+        per_process = self.batch_size * self.world.size
+        if saved % per_process == 0:
+            hint += f": here --gradient_accumulation_steps {saved // per_process}"
+        return hint
 
     # ---- one optimizer step ------------------------------------------------------------------
 
@@ -220,10 +260,12 @@ class Trainer:
                 x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             last = i == len(batches) - 1
-            # DDP: all-reduce gradients only on the step's last micro-batch.
+            # DDP: all-reduce gradients only on the step's last micro-batch. FSDP reduce-scatters
+            # after every micro-batch: skipping it would keep whole unsharded gradients on each
+            # rank until the last one, the memory FSDP is there to save.
             sync = (
                 contextlib.nullcontext()
-                if last or self.world.size == 1
+                if last or self.world.size == 1 or self.fsdp
                 else self.step_model.no_sync()
             )
             with sync:
@@ -242,7 +284,8 @@ class Trainer:
                 max_norm = self.args.grad_clip if self.args.grad_clip > 0 else math.inf
                 params = self.model.parameters()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                return step_loss, grad_norm
+                # FSDP: a DTensor (each rank's partial sum); clipping used the full norm.
+                return step_loss, distributed.full_tensor(grad_norm)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
@@ -268,12 +311,19 @@ class Trainer:
         if self.args.eval_max_batches:
             starts = starts[: self.args.eval_max_batches]
         total = torch.zeros(2, device=self.device)  # (sum of losses * windows, windows)
-        for start in starts[self.world.rank :: self.world.size]:
+        mine = starts[self.world.rank :: self.world.size]
+        # FSDP all-gathers parameters inside forward, so every rank must run as many forwards:
+        # a rank with one batch fewer runs the first batch again and does not count it.
+        rounds = math.ceil(len(starts) / self.world.size) if self.fsdp else len(mine)
+        for i in range(rounds):
+            start = mine[i] if i < len(mine) else starts[0]
             x, y = self.val_windows.batch(range(start, min(n, start + self.args.batch_size)))
             x, y = x.to(self.device), y.to(self.device)
             with self._context():
                 _, loss = self.model(x, y)
-            total += torch.stack([loss.float() * len(x), torch.tensor(len(x), device=self.device)])
+            if i < len(mine):
+                windows = torch.tensor(len(x), device=self.device)
+                total += torch.stack([loss.float() * len(x), windows])
         distributed.mean_over_ranks(total, self.world)
         self.model.train()
         return (total[0] / total[1]).item()
@@ -284,7 +334,10 @@ class Trainer:
             self.progress.step,
             {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))},
         )
-        if self.world.is_main and self.tokenizer is not None:
+        # Under FSDP every rank decodes (forward all-gathers the shards, rank 0 cannot run it
+        # alone); they pick the same tokens (same weights, prompt and seeded generator), so they
+        # make the same number of forward calls.
+        if self.tokenizer is not None and (self.world.is_main or self.fsdp):
             sample = sample_text(self.model, self.tokenizer, SAMPLE_PROMPT)
             metrics.text(self.progress.step, "samples", sample)
         if val_loss < self.progress.best_val_loss:
