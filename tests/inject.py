@@ -37,8 +37,8 @@ def inject(fault: str) -> None:
         calls = {"n": 0}
         which = None if spec == "all" else {int(i) for i in spec.split(",")}
 
-        def nan_forward(self, input_ids, targets=None):
-            logits, loss = original(self, input_ids, targets)
+        def nan_forward(self, input_ids, targets=None, **kwargs):
+            logits, loss = original(self, input_ids, targets, **kwargs)
             if self.training:
                 if which is None or calls["n"] in which:
                     loss = loss * float("nan")
@@ -50,10 +50,10 @@ def inject(fault: str) -> None:
         limit = int(spec)
         original = model.LlamaForTraining.forward
 
-        def oom_forward(self, input_ids, targets=None):
+        def oom_forward(self, input_ids, targets=None, **kwargs):
             if self.training and input_ids.size(0) > limit:
                 raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-            return original(self, input_ids, targets)
+            return original(self, input_ids, targets, **kwargs)
 
         model.LlamaForTraining.forward = oom_forward
     elif kind == "enospc":
@@ -100,12 +100,12 @@ def inject(fault: str) -> None:
         original = model.LlamaForTraining.forward
         calls = {"n": 0}
 
-        def signalling_forward(self, input_ids, targets=None):
+        def signalling_forward(self, input_ids, targets=None, **kwargs):
             if self.training:
                 if calls["n"] == int(at):
                     os.kill(os.getpid(), getattr(signal, name))
                 calls["n"] += 1
-            return original(self, input_ids, targets)
+            return original(self, input_ids, targets, **kwargs)
 
         model.LlamaForTraining.forward = signalling_forward
     elif kind == "hang_save":
