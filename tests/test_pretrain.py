@@ -103,16 +103,17 @@ def test_token_cache_is_reused_then_rebuilt_for_another_tokenizer(tmp_path, docu
 
 
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, gpt2_tokenizer_dir, documents):
-    """1 x 4 accumulated gives the same update as one batch of 4 (fp32)."""
+    """1 x 4 accumulated gives the same update as one batch of 4 (fp32), the latter with
+    gradient checkpointing on (recomputation changes memory, not numbers)."""
     data = write_layout(tmp_path / "data", documents[:6], documents[-4:])
     weights = {}
-    for batch, accumulation in [(1, 4), (4, 1)]:
+    for batch, accumulation, extra in [(1, 4, []), (4, 1, ["--gradient_checkpointing"])]:
         out = tmp_path / f"out_{batch}x{accumulation}"
         result = run_script(
             "pretrain.py", "--data_dir", data, "--output_dir", out,
             *tiny_model_args(gpt2_tokenizer_dir), "--batch_size", batch,
             "--gradient_accumulation_steps", accumulation, "--learning_rate", "1e-3",
-            "--warmup_steps", "0", "--eval_max_batches", "1",
+            "--warmup_steps", "0", "--eval_max_batches", "1", *extra,
         )  # fmt: skip
         assert result.returncode == 0, result.stderr[-2000:]
         weights[batch] = torch.load(out / "checkpoint_epoch_1.pt", weights_only=True)["model"]

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass
@@ -189,6 +190,9 @@ class LlamaForTraining(nn.Module):
         cos, sin = rope_cos_sin(config)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # Recompute each block in backward instead of storing its activations (less memory,
+        # one extra forward); the numbers are the same.
+        self.gradient_checkpointing = False
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -224,8 +228,12 @@ class LlamaForTraining(nn.Module):
             raise ValueError(f"sequence length {start + T} > {what}")
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.model.embed_tokens(input_ids)
+        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, None if kv_cache is None else kv_cache.kv[i], start)
+            if recompute and kv_cache is None:
+                x = checkpoint(block, x, cos, sin, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, None if kv_cache is None else kv_cache.kv[i], start)
         if kv_cache is not None:
             kv_cache.length += T
         logits = self.lm_head(self.model.norm(x))

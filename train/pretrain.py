@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="under torchrun: shard parameters, gradients and optimizer state (FSDP2) instead "
         "of replicating them (DDP), for models that do not fit one device",
     )
+    g.add_argument(
+        "--gradient_checkpointing",
+        action="store_true",
+        help="recompute each block in backward: less memory, ~15-30%% more time",
+    )
     g.add_argument("--auto_batch", action="store_true", help="on OOM halve the micro-batch")
     g.add_argument("--max_bad_steps", type=int, default=5, help="consecutive non-finite steps")
     return p
@@ -257,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
         max_position_embeddings=args.max_position_embeddings,
     )
     model = LlamaForTraining(config)
+    model.gradient_checkpointing = args.gradient_checkpointing
     if not args.fsdp:  # FSDP moves each block to the device as it shards it (Trainer)
         model = model.to(device)
     trainer = Trainer(
