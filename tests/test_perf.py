@@ -11,9 +11,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import perf
 import pytest
 import torch
+
+import perf
 from model import LlamaForTraining, ModelConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,6 +208,26 @@ def test_gradient_checkpointing_gives_identical_loss_and_grads(bench):
     loss_b.backward()
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(
+    not hasattr(LlamaForTraining(ModelConfig(**TINY)), "gradient_checkpointing"),
+    reason="model.py has no gradient_checkpointing switch yet",
+)
+def test_model_gradient_checkpointing_switch_gives_identical_training():
+    """model.gradient_checkpointing = True (the recommended model.py patch) changes memory, not
+    numbers: same loss and gradients, and eval / no-grad forwards are unaffected."""
+    a, b = tiny_model(), tiny_model()
+    b.gradient_checkpointing = True
+    x, y = batch()
+    loss_a, loss_b = a(x, y)[1], b(x, y)[1]
+    assert torch.equal(loss_a, loss_b)
+    loss_a.backward()
+    loss_b.backward()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        assert torch.equal(a(x)[0], b(x)[0])
 
 
 def test_fused_qkv_gives_the_same_loss(bench):
