@@ -1,8 +1,8 @@
 """The dataset layout every script agrees on.
 
-    DATA_DIR/train/*.parquet        one document per row, column "text"
-    DATA_DIR/validation/*.parquet
-    DATA_DIR/dataset_info.txt       human-readable provenance and sizes
+DATA_DIR/train/*.parquet        one document per row, column "text"
+DATA_DIR/validation/*.parquet
+DATA_DIR/dataset_info.txt       human-readable provenance and sizes
 """
 
 from __future__ import annotations
