@@ -4,8 +4,8 @@ Two engines produce the same ids:
 
 * tiktoken, when the tokenizer is a GPT-2-style byte-level BPE (ByteLevel pre-tokenizer with
   GPT-2's regex, ByteLevel decoder, BPE model). The Encoding is built from the tokenizer's own
-  vocab and merges, nothing is downloaded. It is ~6x faster than the `tokenizers` engine on the
-  same vocab (5.4M vs 0.9M tokens/s for GPT-2 on 2 cores).
+  vocab and merges, nothing is downloaded. It is 3-6x faster than the `tokenizers` engine on the
+  same vocab (GPT-2 on 2 cores: 6.3M vs 2.0M tokens/s in benchmarks/bench_tokenize.py).
 * the transformers tokenizer itself, for everything else.
 
 A special-token string that occurs literally in a document (say "<|endoftext|>" in a web page
