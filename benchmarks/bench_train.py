@@ -23,7 +23,8 @@ head; the real vocabulary 50257 even when --pad_vocab pads it). The peak used is
 the two measurements, so a busy machine lowers MFU rather than inflating it.
 
 Flags that try changes to model.py/pretrain.py without editing them (see --help):
---pad_vocab, --fused_qkv, --gradient_checkpointing, --adamw, --no_allocator_tuning, --threads.
+--pad_vocab (with the materialised-logits loss lm_loss.py replaced), --fused_qkv,
+--gradient_checkpointing, --adamw, --no_allocator_tuning, --threads.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--adamw",
         choices=["auto", "foreach", "fused", "forloop"],
         default="auto",
-        help="AdamW implementation (auto: fused on CUDA/MPS, foreach on CPU)",
+        help="AdamW implementation (auto: as pretrain.py, optim.build_optimizer)",
     )
     p.add_argument("--no_allocator_tuning", action="store_true", help="glibc malloc defaults")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
@@ -160,39 +161,29 @@ def fuse_qkv(model: Any) -> None:
         attn.forward = forward
 
 
-def variant_forward(
-    model: Any,
-    input_ids: Any,
-    targets: Any,
-    real_vocab: int,
-    pad_mode: str = "slice",
-    checkpointing: bool = False,
+def padded_vocab_forward(
+    model: Any, input_ids: Any, targets: Any, real_vocab: int, pad_mode: str = "slice"
 ) -> Any:
-    """model.py's forward + padded-vocab handling + optional per-block activation checkpointing.
+    """The pre-lm_loss path with a padded vocabulary: materialised logits + F.cross_entropy.
 
     Returns the loss only. Padded logits are sliced off (or set to -inf) before the
     cross-entropy, so the loss equals the unpadded model's for the same weights.
     """
     import torch
     import torch.nn.functional as F
-    from torch.utils.checkpoint import checkpoint
 
     T = input_ids.size(1)
     cos, sin = model.rope_cos[:T], model.rope_sin[:T]
     x = model.model.embed_tokens(input_ids)
     for block in model.model.layers:
-        if checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block, x, cos, sin, use_reentrant=False)
-        else:
-            x = block(x, cos, sin)
+        x = block(x, cos, sin)
     logits = model.lm_head(model.model.norm(x))
-    if logits.size(-1) > real_vocab:
-        if pad_mode == "slice":
-            logits = logits[..., :real_vocab]
-        else:
-            logits = logits.masked_fill(
-                torch.arange(logits.size(-1), device=logits.device) >= real_vocab, float("-inf")
-            )
+    if pad_mode == "slice":
+        logits = logits[..., :real_vocab]
+    else:
+        logits = logits.masked_fill(
+            torch.arange(logits.size(-1), device=logits.device) >= real_vocab, float("-inf")
+        )
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
@@ -295,11 +286,14 @@ def make_get_batch(path: Path, batch_size: int, seq_len: int, device: Any, seed:
 def make_optimizer(model: Any, device: Any, impl: str) -> Any:
     import torch
 
+    from optim import build_optimizer
+
     decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
-    if impl == "auto":
-        impl = "fused" if device.type in ("cuda", "mps") else "foreach"
+    if impl == "auto":  # what pretrain.py uses
+        optimizer = build_optimizer(model, 6e-4, 0.1, device.type)
+        return optimizer, "fused" if optimizer.defaults["fused"] else "foreach"
     kwargs = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
     return torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, **kwargs), impl
 
@@ -363,14 +357,12 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
     if args.fused_qkv:
         fuse_qkv(model)
     model.train()
+    model.gradient_checkpointing = args.gradient_checkpointing
     optimizer, adamw_impl = make_optimizer(model, device, args.adamw)
-    use_variant = args.pad_vocab or args.gradient_checkpointing
 
     def loss_fn(x, y):
-        if use_variant:
-            return variant_forward(
-                model, x, y, REAL_VOCAB, args.pad_mode, args.gradient_checkpointing
-            )
+        if args.pad_vocab:
+            return padded_vocab_forward(model, x, y, REAL_VOCAB, args.pad_mode)
         return model(x, y)[1]
 
     if args.compile:

@@ -119,7 +119,8 @@ def test_gradient_accumulation_matches_a_bigger_batch(tmp_path, gpt2_tokenizer_d
         weights[batch] = torch.load(out / "checkpoint_epoch_1.pt", weights_only=True)["model"]
     assert weights[1].keys() == weights[4].keys()
     for name in weights[1]:
-        torch.testing.assert_close(weights[1][name], weights[4][name], rtol=0, atol=2e-6)
+        # Float rounding only: a lost or doubled micro-batch moves weights by ~lr (1e-3).
+        torch.testing.assert_close(weights[1][name], weights[4][name], rtol=0, atol=1e-5)
 
 
 def test_missing_dataset_names_the_commands(tmp_path, gpt2_tokenizer_dir):

@@ -17,6 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from lm_loss import linear_cross_entropy
+
 
 @dataclass
 class ModelConfig:
@@ -214,11 +216,13 @@ class LlamaForTraining(nn.Module):
         input_ids: torch.Tensor,
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Return (logits, loss); loss is the mean next-token cross-entropy when targets given.
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Return (logits, None) without targets; (None, loss) with them.
 
-        With `kv_cache`, `input_ids` continue the sequence the cache holds (positions start at
-        kv_cache.length), attend to it, and are appended to it.
+        loss is the mean next-token cross-entropy; with targets the logits are never kept
+        (lm_loss.linear_cross_entropy: less memory and time). With `kv_cache`, `input_ids`
+        continue the sequence the cache holds (positions start at kv_cache.length), attend to
+        it, and are appended to it.
         """
         T = input_ids.size(1)
         start = 0 if kv_cache is None else kv_cache.length
@@ -236,8 +240,7 @@ class LlamaForTraining(nn.Module):
                 x = block(x, cos, sin, None if kv_cache is None else kv_cache.kv[i], start)
         if kv_cache is not None:
             kv_cache.length += T
-        logits = self.lm_head(self.model.norm(x))
-        loss = None
+        x = self.model.norm(x)
         if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        return logits, loss
+            return None, linear_cross_entropy(x, self.lm_head.weight, targets)
+        return self.lm_head(x), None
