@@ -21,6 +21,17 @@ def scalars(tensorboard_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(e.step, e.value) for e in events.Scalars(tag)]
 
 
+def train_one_epoch(data: Path, out: Path, tokenizer_dir: Path, *extra: str):
+    result = run_script(
+        "pretrain.py",
+        "--data_dir", data, "--output_dir", out, *tiny_model_args(tokenizer_dir),
+        "--batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "3e-3",
+        "--num_epochs", "1", "--eval_interval", "25", "--log_interval", "5", *extra,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, gpt2_tokenizer_dir):
     """One epoch of a tiny model on ~25k tokens of Python documentation."""
@@ -28,14 +39,7 @@ def trained(tmp_path_factory, gpt2_tokenizer_dir):
     docs = english_documents()
     data = write_layout(root / "data", docs[:70], docs[-20:])
     out = root / "out"
-    result = run_script(
-        "pretrain.py",
-        "--data_dir", data, "--output_dir", out, *tiny_model_args(gpt2_tokenizer_dir),
-        "--batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "3e-3",
-        "--num_epochs", "1", "--eval_interval", "25", "--log_interval", "5",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return data, out, result
+    return data, out, train_one_epoch(data, out, gpt2_tokenizer_dir)
 
 
 def test_one_epoch_writes_every_promised_output(trained):
@@ -166,3 +170,21 @@ def test_existing_run_is_not_overwritten(trained, tmp_path, gpt2_tokenizer_dir):
     )  # fmt: skip
     assert result.returncode == 2 and "--resume auto" in result.stderr
     assert (copy / "checkpoint_epoch_1.pt").read_bytes() == before
+
+
+def test_compile_trains_like_eager(trained, tmp_path, gpt2_tokenizer_dir):
+    """--compile on the CPU (inductor): the same run reaches the same losses and weights, up to
+    the float rounding of fused kernels."""
+    data, eager_out, _ = trained
+    out = tmp_path / "compiled"
+    train_one_epoch(data, out, gpt2_tokenizer_dir, "--compile")
+    for tag in ["train/loss", "val/loss"]:
+        eager, compiled = scalars(eager_out / "tensorboard", tag), scalars(out / "tensorboard", tag)
+        assert [s for s, _ in compiled] == [s for s, _ in eager]
+        for (_, a), (_, b) in zip(eager, compiled, strict=True):
+            assert b == pytest.approx(a, rel=1e-3), tag
+    a = torch.load(eager_out / "best_model.pt", weights_only=True)["model"]
+    b = torch.load(out / "best_model.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()  # no "_orig_mod." prefixes from the compile wrapper
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-3)
