@@ -142,8 +142,11 @@ def test_measure_matmul_peak_is_plausible():
 # --- dtype choice ---------------------------------------------------------------------------
 
 
-def test_resolve_dtype():
-    assert perf.resolve_dtype("cpu", "auto") == torch.float32
+def test_resolve_dtype(monkeypatch):
+    native_bf16 = perf.cpu_supports_bf16()
+    assert perf.resolve_dtype("cpu", "auto") == (torch.bfloat16 if native_bf16 else torch.float32)
+    monkeypatch.setattr(perf, "cpu_supports_bf16", lambda: not native_bf16)
+    assert perf.resolve_dtype("cpu", "auto") == (torch.float32 if native_bf16 else torch.bfloat16)
     assert perf.resolve_dtype("mps", "auto") == torch.float32
     assert perf.resolve_dtype("cpu", "bf16") == torch.bfloat16
     assert perf.resolve_dtype("cpu", "float32") == torch.float32
@@ -235,8 +238,7 @@ def test_fused_adamw_on_cpu_matches_foreach():
         torch.testing.assert_close(q, p, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(not perf.cpu_supports_bf16(), reason="no native bf16 on this CPU")
-def test_bf16_autocast_trains_like_fp32():
+def test_bf16_autocast_trains_like_fp32():  # numerics only: emulated bf16 runs it on any CPU
     """30 steps on a learnable sequence: the bf16 autocast loss curve tracks fp32's."""
     curves = {}
     for dtype in (torch.float32, torch.bfloat16):

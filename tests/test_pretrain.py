@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import perf
 from scripts import last_line, run_script, tiny_model_args
 from textdata import english_documents, save_gpt2_tokenizer, write_layout
 
@@ -26,7 +27,8 @@ def train_one_epoch(data: Path, out: Path, tokenizer_dir: Path, *extra: str):
         "pretrain.py",
         "--data_dir", data, "--output_dir", out, *tiny_model_args(tokenizer_dir),
         "--batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "3e-3",
-        "--num_epochs", "1", "--eval_interval", "25", "--log_interval", "5", *extra,
+        "--num_epochs", "1", "--eval_interval", "25", "--log_interval", "5", "--dtype", "auto",
+        *extra,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -49,6 +51,7 @@ def test_one_epoch_writes_every_promised_output(trained):
     assert config["args"]["learning_rate"] == 3e-3
     assert config["tokens_per_optimizer_step"] == 8 * 32
     assert config["num_parameters"] > 0 and config["device"] == "cpu"
+    assert config["dtype"] == ("bfloat16" if perf.cpu_supports_bf16() else "float32")
     for tag in ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec",
                 "val/loss", "val/perplexity"]:  # fmt: skip
         assert scalars(out / "tensorboard", tag), tag
@@ -173,8 +176,8 @@ def test_existing_run_is_not_overwritten(trained, tmp_path, gpt2_tokenizer_dir):
 
 
 def test_compile_trains_like_eager(trained, tmp_path, gpt2_tokenizer_dir):
-    """--compile on the CPU (inductor): the same run reaches the same losses and weights, up to
-    the float rounding of fused kernels."""
+    """--compile on the CPU (inductor), same --dtype auto as the eager run: the same losses and
+    weights, up to the float rounding of fused kernels."""
     data, eager_out, _ = trained
     out = tmp_path / "compiled"
     train_one_epoch(data, out, gpt2_tokenizer_dir, "--compile")
@@ -186,5 +189,5 @@ def test_compile_trains_like_eager(trained, tmp_path, gpt2_tokenizer_dir):
     a = torch.load(eager_out / "best_model.pt", weights_only=True)["model"]
     b = torch.load(out / "best_model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()  # no "_orig_mod." prefixes from the compile wrapper
-    for name in a:
-        torch.testing.assert_close(b[name], a[name], rtol=0, atol=1e-3)
+    for name in a:  # bf16 (auto here) rounds fused kernels differently; 116 steps drift ~1%
+        assert (b[name] - a[name]).norm() <= 5e-2 * a[name].norm(), name

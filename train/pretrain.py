@@ -153,14 +153,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """Autocast dtype: 'auto' is bf16 on CUDA where supported, fp32 on MPS and CPU."""
-    if name == "auto":
-        cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if cuda_bf16 else torch.float32
-    return getattr(torch, name)
-
-
 def check_output_dir(path: Path, resume: str | None, overwrite: bool) -> None:
     """Refuse a file, an unwritable folder, or a folder holding a run we were not told to resume."""
     if path.exists() and not path.is_dir():
@@ -194,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     if device.type == "cpu":
         perf.tune_cpu_allocator()  # reuse freed activation memory instead of mmap churn
     perf.setup_backend(device)  # TF32 on CUDA
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = perf.resolve_dtype(device, args.dtype)
     if args.fsdp and device.type not in ("cuda", "cpu"):
         raise UsageError(f"--fsdp runs on CUDA or CPU, not {device.type}: drop --fsdp")
     world = distributed.init_world(device.type)
