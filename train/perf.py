@@ -46,11 +46,11 @@ def tune_cpu_allocator() -> bool:
         M_TRIM_THRESHOLD = -1     never trim the heap top (glibc: -1 disables trimming)
         M_TOP_PAD = 64 MiB        grow the heap in large steps
 
-    so a block freed in step k is reused in step k+1 without a syscall. Measured at 124M
-    (12x768, seq 256, batch 4, 2 cores): system time 4.2% -> 0.8% of CPU time, tokens/s +9%.
-    The cost is resident memory: the heap keeps its high-water mark plus fragmentation (peak
-    RSS 9.5 GB instead of 4.4 GB at that shape; 3.8 GB, flat from step 15 to 40, instead of
-    2.5 GB at 4x256x256x8, though runs of that shape with variant flags reached 12 GB). Set
+    so a block freed in step k is reused in step k+1 without a syscall. Measured on 2 cores
+    (benchmarks/bench_train.py, fp32): at 124M (12x768, seq 256, batch 4) system time 2.5% ->
+    0.2% of CPU time and MFU 0.86 -> 0.90; at 4x256x256x8 8.5% -> 1.1% and 0.74 -> 0.82. The
+    cost is resident memory: the heap keeps its high-water mark plus fragmentation (peak RSS
+    4.4 instead of 4.2 GB at 124M, 2.8 instead of 1.8 GB at 4x256). Set
     OWT_NO_MALLOC_TUNING=1 where RAM is tight. Raising only M_MMAP_THRESHOLD (max 32 MiB) does
     not help: logits-sized blocks stay above it.
 
