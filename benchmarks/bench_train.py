@@ -23,8 +23,9 @@ MFU = model FLOPs/token x tokens/s / peak, with model FLOPs/token = 6N + 12*L*H*
 head; the real vocabulary 50257 even when --pad_vocab pads it). "mfu" is the median over the
 timed steps of each step's FLOP/s divided by the peak measured right after that step: a shared
 VM's speed drifts by a few percent within a run (as do turbo clocks), and pairing cancels that.
-"mfu_vs_best_peak" divides the median step by the best peak seen before or after the run: a
-lower bound. Steps or peaks disturbed by other processes are left out of both.
+"mfu_vs_best_peak" divides the median step by the best peak seen before or after the run.
+Steps or peaks disturbed by other processes are left out of both (if at least 3 steps were
+clean; otherwise all steps are used and the JSON says so).
 
 Flags that try changes to model.py/pretrain.py without editing them (see --help):
 --pad_vocab (with the materialised-logits loss lm_loss.py replaced), --fused_qkv,
@@ -176,12 +177,16 @@ def padded_vocab_forward(
     """
     import torch
     import torch.nn.functional as F
+    from torch.utils.checkpoint import checkpoint
 
     T = input_ids.size(1)
     cos, sin = model.rope_cos[:T], model.rope_sin[:T]
     x = model.model.embed_tokens(input_ids)
     for block in model.model.layers:
-        x = block(x, cos, sin)
+        if model.gradient_checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block, x, cos, sin, use_reentrant=False)
+        else:
+            x = block(x, cos, sin)
     logits = model.lm_head(model.model.norm(x))
     if pad_mode == "slice":
         logits = logits[..., :real_vocab]
@@ -379,7 +384,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
         times: dict[str, list[float]] = {"data": [], "fwd_bwd": [], "optimizer": [], "step": []}
         foreign: list[float] = []
         step_peaks: list[float | None] = []  # matmul peak right after each timed step, if clean
-        peak_wall = peak_user = 0.0  # time spent in those, left out of the loop's totals
+        peak_wall = peak_user = peak_system = 0.0  # time spent in those, left out of totals
         losses = []
         max_steps = args.max_steps or 4 * steps
         meter = ForeignMeter()
@@ -418,7 +423,9 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
                     flops = perf.measure_matmul_peak(device, dtype, repeats=3, min_seconds=0.1)
                     step_peaks.append(flops if meter.stop() <= args.clean_threshold else None)
                     peak_wall += time.perf_counter() - w0
-                    peak_user += os.times().user - c0.user
+                    c1 = os.times()
+                    peak_user += c1.user - c0.user
+                    peak_system += c1.system - c0.system
                 if sum(f <= args.clean_threshold for f in foreign) >= steps:
                     break
             step += 1
@@ -479,8 +486,11 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
             k: round(sum(v) / sum(times["step"]), 4) for k, v in times.items() if k != "step"
         },
         "cpu_system_frac": round(
-            (cpu1.system - cpu0.system)
-            / max(1e-9, (cpu1.user - cpu0.user - peak_user) + (cpu1.system - cpu0.system)),
+            (cpu1.system - cpu0.system - peak_system)
+            / max(
+                1e-9,
+                (cpu1.user - cpu0.user - peak_user) + (cpu1.system - cpu0.system - peak_system),
+            ),
             4,
         ),
         # Share of the machine's CPU time used by other processes during the timed steps.
@@ -508,7 +518,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
             ]
         mfu_key = str(dtype).removeprefix("torch.") if dtype != torch.float32 else "fp32"
         best = result[f"matmul_peak_tflops_{mfu_key}"] * 1e12
-        # Against the best peak seen before or after: conservative on a VM whose speed drifts.
+        # Against the best peak seen before or after the run (the yardstick before pairing).
         result["mfu_vs_best_peak"] = round(achieved / best, 4)
         result["mfu"] = result["mfu_vs_best_peak"]
         if len(paired_mfu) >= 3:  # the headline: each step against the peak measured after it

@@ -202,7 +202,7 @@ def test_padded_vocab_gives_the_same_loss_and_training(bench, pad_mode):
 
 
 def test_model_gradient_checkpointing_switch_gives_identical_training():
-    """model.gradient_checkpointing = True (the recommended model.py patch) changes memory, not
+    """model.gradient_checkpointing = True changes memory, not
     numbers: same loss and gradients, and eval / no-grad forwards are unaffected."""
     a, b = tiny_model(), tiny_model()
     b.gradient_checkpointing = True
