@@ -130,7 +130,7 @@ def resolve_dtype(device: torch.device | str, name: str = "auto") -> torch.dtype
     (autocast on MPS is slower or unsupported in many torch versions). CPU -> bf16 where the
     CPU has native bf16 dot products (cpu_supports_bf16), else fp32. Measured on a 2-core Zen 4
     EPYC (AVX512_BF16) with torch 2.15, fp32 master weights and AdamW, lm_loss's fp32 softmax:
-    whole training steps 2.5-2.8x faster than fp32 (bf16 matmuls run at ~0.9 TFLOP/s against
+    whole training steps 2.1-2.8x faster than fp32 (bf16 matmuls run at ~0.9 TFLOP/s against
     0.21 fp32), and validation loss curves over 200 steps on real English that track fp32's
     within 0.06 throughout and 0.02 at the end, on two seeds (README, Performance). Pass
     --dtype float32 to train in fp32 anyway.
