@@ -64,6 +64,16 @@ def fsdp(data, gpt2_tokenizer_dir, tmp_path_factory):
     return out, result
 
 
+def resume_copy(
+    run: Path, tmp_path: Path, data: Path, tokenizer: Path, ranks: int, *extra
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """Copy `run`'s checkpoint_last.pt into a fresh folder and --resume auto from it there."""
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copy(run / "checkpoint_last.pt", resumed)
+    return resumed, pretrain(data, tokenizer, resumed, ranks, "--resume", "auto", *extra)
+
+
 def final_weights(out: Path) -> dict[str, torch.Tensor]:
     return torch.load(out / "checkpoint_epoch_1.pt", weights_only=True)["model"]
 
@@ -151,10 +161,7 @@ def test_fsdp_checkpoint_loads_and_resumes_in_one_process(
     assert_close_weights(model.state_dict(), final_weights(one_rank))
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))[0]).all()
 
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copy(out / "checkpoint_last.pt", resumed)
-    result = pretrain(data, gpt2_tokenizer_dir, resumed, 1, "--resume", "auto")
+    resumed, result = resume_copy(out, tmp_path, data, gpt2_tokenizer_dir, 1)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"at step {SAVE_AT}" in result.stderr
     assert_close_weights(final_weights(resumed), final_weights(one_rank))
@@ -163,10 +170,7 @@ def test_fsdp_checkpoint_loads_and_resumes_in_one_process(
 
 def test_fsdp_resume_with_the_same_world_size_is_exact(fsdp, data, gpt2_tokenizer_dir, tmp_path):
     out, _ = fsdp
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copy(out / "checkpoint_last.pt", resumed)
-    result = pretrain(data, gpt2_tokenizer_dir, resumed, 2, "--fsdp", "--resume", "auto")
+    resumed, result = resume_copy(out, tmp_path, data, gpt2_tokenizer_dir, 2, "--fsdp")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"at step {SAVE_AT}" in result.stderr
     ours, theirs = final_weights(resumed), final_weights(out)
@@ -175,10 +179,7 @@ def test_fsdp_resume_with_the_same_world_size_is_exact(fsdp, data, gpt2_tokenize
 
 
 def test_one_process_checkpoint_resumes_under_fsdp(one_rank, data, gpt2_tokenizer_dir, tmp_path):
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copy(one_rank / "checkpoint_last.pt", resumed)
-    result = pretrain(data, gpt2_tokenizer_dir, resumed, 2, "--fsdp", "--resume", "auto")
+    resumed, result = resume_copy(one_rank, tmp_path, data, gpt2_tokenizer_dir, 2, "--fsdp")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"at step {SAVE_AT}" in result.stderr
     assert_close_weights(final_weights(resumed), final_weights(one_rank))
@@ -187,14 +188,10 @@ def test_one_process_checkpoint_resumes_under_fsdp(one_rank, data, gpt2_tokenize
 
 def test_resume_with_another_global_batch_names_the_fix(fsdp, data, gpt2_tokenizer_dir, tmp_path):
     out, _ = fsdp
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copy(out / "checkpoint_last.pt", resumed)
     # One process at 4 x 1 is half the FSDP run's global batch of 8.
-    result = pretrain(
-        data, gpt2_tokenizer_dir, resumed, 1, "--resume", "auto",
-        "--gradient_accumulation_steps", "1",
-    )  # fmt: skip
+    _, result = resume_copy(
+        out, tmp_path, data, gpt2_tokenizer_dir, 1, "--gradient_accumulation_steps", "1"
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert "sequences_per_step: 8 -> 4" in message

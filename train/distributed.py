@@ -33,7 +33,8 @@ def init_world(device_type: str) -> World:
     """Join the process group torchrun describes (RANK, WORLD_SIZE...); else a world of one."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
         return World()
-    backend = "nccl" if device_type == "cuda" else "gloo"
+    # any_rank and the stop flag use CPU tensors: on CUDA, gloo carries those and NCCL the rest.
+    backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
     # Long timeout: the other ranks wait at a barrier while rank 0 tokenizes the dataset.
     dist.init_process_group(backend=backend, timeout=timedelta(hours=6))
     world = World(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())

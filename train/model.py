@@ -232,9 +232,14 @@ class LlamaForTraining(nn.Module):
             raise ValueError(f"sequence length {start + T} > {what}")
         cos, sin = self.rope_cos[start : start + T], self.rope_sin[start : start + T]
         x = self.model.embed_tokens(input_ids)
-        recompute = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        recompute = (
+            self.gradient_checkpointing
+            and self.training
+            and torch.is_grad_enabled()
+            and kv_cache is None
+        )
         for i, block in enumerate(self.model.layers):
-            if recompute and kv_cache is None:
+            if recompute:
                 x = checkpoint(block, x, cos, sin, use_reentrant=False)
             else:
                 x = block(x, cos, sin, None if kv_cache is None else kv_cache.kv[i], start)

@@ -94,13 +94,21 @@ def _text_batches(path: Path):
 
 
 def build_token_cache(
-    files: list[Path], encoder: TextEncoder, dest: Path, desc: str = "tokenizing"
+    files: list[Path],
+    encoder: TextEncoder,
+    dest: Path,
+    desc: str = "tokenizing",
+    documents: int | None = None,
 ) -> int:
     """Tokenize `files` into `dest` (EOS after each document); return the number of tokens.
 
-    Writes to a temp file beside `dest` and renames it at the end, so an interrupted or failed
-    build (Ctrl-C, disk full) never leaves a file under `dest`.
+    `documents` (the progress bar's total) is what check_parquet_files returned for `files`,
+    if the caller already checked them. Writes to a temp file beside `dest` and renames it at
+    the end, so an interrupted or failed build (Ctrl-C, disk full) never leaves a file under
+    `dest`.
     """
+    if documents is None:
+        documents = check_parquet_files(files)
     dtype = token_dtype(encoder.vocab_size)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.fchmod(fd, 0o644)
@@ -108,7 +116,7 @@ def build_token_cache(
     try:
         with (
             os.fdopen(fd, "wb") as out,
-            tqdm(total=check_parquet_files(files), desc=desc, unit="doc", unit_scale=True) as bar,
+            tqdm(total=documents, desc=desc, unit="doc", unit_scale=True) as bar,
         ):
             for path in files:
                 for texts in _text_batches(path):
@@ -136,12 +144,12 @@ def load_or_build_token_cache(
         meta = json.loads(meta_path.read_text())
         return TokenCache(directory, fingerprint, meta["dtype"], meta["num_tokens"]), False
 
-    for paths in files.values():
-        check_parquet_files(paths)  # fail before any tokenizing starts
+    # Every split's files are checked before any tokenizing starts.
+    documents = {split: check_parquet_files(paths) for split, paths in files.items()}
     directory.mkdir(parents=True, exist_ok=True)
     num_tokens = {
         split: build_token_cache(
-            paths, encoder, directory / f"{split}.bin", desc=f"tokenizing {split}"
+            paths, encoder, directory / f"{split}.bin", f"tokenizing {split}", documents[split]
         )
         for split, paths in files.items()
     }
