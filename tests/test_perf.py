@@ -112,13 +112,18 @@ def test_model_flops_per_token_is_6n_plus_attention():
     )
 
 
-def test_model_flops_match_a_flop_counter():
+def test_model_flops_match_a_flop_counter(monkeypatch):
     """The formula counts what actually runs, per torch's FLOP counter over forward + backward:
     the matmuls are exactly 6N (less the RMSNorm gains, which the formula counts as 6 FLOPs each
     and the counter not at all) and attention's forward is exactly a third of 12*L*H*Q*T. (The
     counter charges the flash backward 2.5x the forward, since it recomputes Q K^T: hardware
-    FLOPs, not model FLOPs, which is why MFU uses the formula.)"""
+    FLOPs, not model FLOPs, which is why MFU uses the formula.) Through torch's attention kernel,
+    which the counter knows, rather than cpu_attention's batched matmuls."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    import cpu_attention
+
+    monkeypatch.setattr(cpu_attention, "suits", lambda q: False)
 
     config = ModelConfig(**{**TINY, "vocab_size": 300})
     model = LlamaForTraining(config)

@@ -1,0 +1,111 @@
+"""Causal self-attention for training on the CPU: batched matmuls over blocks of queries.
+
+torch's CPU flash-attention kernel works on 64 x 64 tiles, one (batch, head, tile) at a time,
+and runs its small matmuls far from the CPU's peak. This computes the same attention with
+batched matmuls (all batch x heads at once) over blocks of 64 queries, each against only the
+keys it may see, so the work above the diagonal is skipped as in flash attention:
+
+    forward   for each query block i:  S = (q_i / sqrt(d)) K[:end_i]^T + causal mask
+                                       P_i = softmax(S)       kept for backward
+                                       O_i = P_i V[:end_i]
+    backward  dV += P_i^T dO_i,   dS = P_i * (dO_i V^T - rowsum(...)),   dQ_i = dS K / sqrt(d),
+              dK += dS^T q_i / sqrt(d)
+
+Everything inside runs in fp32, whatever the input dtype (bf16 inputs under autocast come back
+as bf16): torch has no bf16 x bf16 -> fp32 batched matmul on the CPU, and fp32 scores are more
+precise than flash's bf16 path. The kept probabilities cost batch x heads x ~T^2/2 floats per
+layer (124M model, batch 4: 8 MB at T=256, 28 MB at 512, 107 MB at 1024), plus fp32 copies
+of bf16 q, k and v.
+
+Measured on a 2-core Zen 4 (torch 2.15, batch 4, 12 heads of 64), one layer's forward +
+backward alone:
+
+    T      flash fp32   flash bf16   this, fp32
+    256    17.7 ms      16.8 ms      13.9 ms
+    512    63.5 ms      55.9 ms      45.5 ms
+    1024   183 ms       -            164 ms
+
+and whole training steps of the 124M model (benchmarks/bench_train.py, batch 4, same session):
+bf16 autocast 675 -> 712 tokens/s at T=256 (+5%), 661 -> 727 at T=512 (+10%); fp32 257 -> 256
+at T=256 (the copies and zero-fills around the matmuls eat the gain) and 245 -> 253 at T=512.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.autograd.function import once_differentiable
+
+BLOCK = 64  # queries per block: 64 and 128 were fastest at T=256..1024, 64 skips more work
+# Above this the gain shrinks (10% at 1024) while the kept probabilities grow as T^2: 1.3 GB
+# more for the 124M model at batch 4 x 1024. Longer sequences use torch's kernel.
+MAX_SEQ_LEN = 512
+
+
+class _BlockCausalAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v):  # noqa: ANN001 (autograd API)
+        with torch.autocast(q.device.type, enabled=False):  # fp32 matmuls, also under autocast
+            return _BlockCausalAttention._forward(ctx, q, k, v)
+
+    @staticmethod
+    def _forward(ctx, q, k, v):  # noqa: ANN001
+        B, H, T, D = q.shape
+        dtype = q.dtype
+        # (batch*heads, T, D) in fp32; q scaled once here instead of every score block.
+        q = (q.float() * (1.0 / math.sqrt(D))).reshape(B * H, T, D)
+        k, v = k.float().reshape(B * H, T, D), v.float().reshape(B * H, T, D)
+        out = torch.empty_like(q)
+        mask = torch.full((BLOCK, BLOCK), float("-inf"), device=q.device).triu_(1)
+        probs = []
+        for start in range(0, T, BLOCK):
+            end = min(T, start + BLOCK)
+            scores = torch.bmm(q[:, start:end], k[:, :end].transpose(1, 2))
+            scores[:, :, start:end] += mask[: end - start, : end - start]
+            p = torch.softmax(scores, dim=-1)
+            out[:, start:end] = torch.bmm(p, v[:, :end])
+            probs.append(p)
+        ctx.save_for_backward(q, k, v, *probs)
+        ctx.shape = (B, H, T, D)
+        return out.view(B, H, T, D).to(dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out):  # noqa: ANN001
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _BlockCausalAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):  # noqa: ANN001
+        q, k, v, *probs = ctx.saved_tensors
+        BH, T, D = q.shape
+        dtype = grad_out.dtype
+        grad_out = grad_out.float().reshape(BH, T, D)
+        grad_q = torch.empty_like(q)
+        grad_k, grad_v = torch.zeros_like(k), torch.zeros_like(v)
+        for p, start in zip(probs, range(0, T, BLOCK), strict=True):
+            end = start + p.size(1)
+            g = grad_out[:, start:end]
+            # Into temporaries, then added: bmm into a strided slice would run per matrix.
+            grad_v[:, :end] += torch.bmm(p.transpose(1, 2), g)
+            grad_scores = torch.bmm(g, v[:, :end].transpose(1, 2))
+            grad_scores = torch._softmax_backward_data(grad_scores, p, -1, p.dtype)
+            grad_q[:, start:end] = torch.bmm(grad_scores, k[:, :end])
+            grad_k[:, :end] += torch.bmm(grad_scores.transpose(1, 2), q[:, start:end])
+        grad_q.mul_(1.0 / math.sqrt(D))  # q was scaled in forward; k's gradient used scaled q
+        return tuple(g.view(ctx.shape).to(dtype) for g in (grad_q, grad_k, grad_v))
+
+
+def suits(q: torch.Tensor) -> bool:
+    """Whether causal_attention is the faster choice for these queries: CPU training, T <= 512."""
+    return q.device.type == "cpu" and torch.is_grad_enabled() and q.size(-2) <= MAX_SEQ_LEN
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + causal mask) v for (batch, heads, T, head_dim) tensors.
+
+    Equal to F.scaled_dot_product_attention(q, k, v, is_causal=True) up to float rounding, in
+    value and gradients; returns q's dtype.
+    """
+    return _BlockCausalAttention.apply(q, k, v)
