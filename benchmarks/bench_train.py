@@ -140,6 +140,7 @@ def fuse_qkv(model: Any) -> None:
     import torch.nn as nn
     import torch.nn.functional as F
 
+    import cpu_attention
     from model import apply_rope
 
     for block in model.model.layers:
@@ -161,7 +162,10 @@ def fuse_qkv(model: Any) -> None:
                 attn.qkv_proj(x).view(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
             )
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if cpu_attention.suits(q):  # the same attention as the model's, so only QKV differs
+                y = cpu_attention.causal_attention(q, k, v)
+            else:
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             return attn.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
         attn.forward = forward

@@ -1,24 +1,28 @@
 """Causal self-attention for training on the CPU: batched matmuls over blocks of queries.
 
-torch's CPU flash-attention kernel works on 64 x 64 tiles, one (batch, head, tile) at a time,
-and runs its small matmuls far from the CPU's peak. This computes the same attention with
-batched matmuls (all batch x heads at once) over blocks of 64 queries, each against only the
-keys it may see, so the work above the diagonal is skipped as in flash attention:
+torch's CPU flash-attention kernel works one (batch, head, block of queries) at a time (64
+queries against up to 512 keys at T=256..767), and runs those small matmuls far from the CPU's
+peak. This computes the same attention with batched matmuls (all batch x heads at once) over
+blocks of 64 queries, each against only the keys it may see, so the work above the diagonal is
+skipped as in flash attention:
 
     forward   for each query block i:  S = (q_i / sqrt(d)) K[:end_i]^T + causal mask
                                        P_i = softmax(S)       kept for backward
                                        O_i = P_i V[:end_i]
-    backward  dV += P_i^T dO_i,   dS = P_i * (dO_i V^T - rowsum(...)),   dQ_i = dS K / sqrt(d),
-              dK += dS^T q_i / sqrt(d)
+    backward  dP = dO_i V^T,   dS = P_i * (dP - rowsum(P_i * dP)),
+              dV += P_i^T dO_i,   dQ_i = dS K / sqrt(d),   dK += dS^T q_i / sqrt(d)
 
 Everything inside runs in fp32, whatever the input dtype (bf16 inputs under autocast come back
-as bf16): torch has no bf16 x bf16 -> fp32 batched matmul on the CPU, and fp32 scores are more
-precise than flash's bf16 path. The kept probabilities cost batch x heads x ~T^2/2 floats per
-layer (124M model, batch 4: 8 MB at T=256, 28 MB at 512, 107 MB at 1024), plus fp32 copies
-of bf16 q, k and v.
+as bf16): torch has no bf16 x bf16 -> fp32 batched matmul on the CPU, and keeping P and dS in
+fp32 is more precise than flash's bf16 path, which rounds them to bf16 for its matmuls. There is
+no double backward (once_differentiable), as with torch's CPU kernel.
 
-Measured on a 2-core Zen 4 (torch 2.15, batch 4, 12 heads of 64), one layer's forward +
-backward alone:
+Memory: the kept probabilities cost batch x heads x ~T^2/2 floats per layer (124M model, batch 4:
+8 MB at T=256, 28 MB at 512, 107 MB at 1024), plus fp32 q, k and v: for the whole 124M model at
+batch 4 x 512, ~0.25 GB more than torch's kernel keeps in fp32 and ~0.4 GB more in bf16.
+
+Measured on a 2-core Zen 4 (torch 2.15, batch 4, 12 heads of 64), one layer's attention alone,
+forward + backward, fp32 inputs:
 
     T      flash fp32   flash bf16   this, fp32
     256    17.7 ms      16.8 ms      13.9 ms
@@ -98,8 +102,13 @@ class _BlockCausalAttention(torch.autograd.Function):
 
 
 def suits(q: torch.Tensor) -> bool:
-    """Whether causal_attention is the faster choice for these queries: CPU training, T <= 512."""
-    return q.device.type == "cpu" and torch.is_grad_enabled() and q.size(-2) <= MAX_SEQ_LEN
+    """Whether to use causal_attention for these queries: CPU training in fp32 or bf16, T <= 512."""
+    return (
+        q.device.type == "cpu"
+        and q.dtype in (torch.float32, torch.bfloat16)  # fp64 would lose precision in fp32
+        and torch.is_grad_enabled()
+        and q.size(-2) <= MAX_SEQ_LEN
+    )
 
 
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -127,7 +127,7 @@ class Attention(nn.Module):
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is None and cpu_attention.suits(q):  # CPU training: faster than torch's kernel
+        if kv is None and cpu_attention.suits(q):  # CPU training (README: Performance)
             y = cpu_attention.causal_attention(q, k, v)
         elif kv is None:  # full sequence
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
