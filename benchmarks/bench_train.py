@@ -138,10 +138,8 @@ def fuse_qkv(model: Any) -> None:
     """Replace q/k/v projections by one Linear(d, 3d) per layer holding the same weights."""
     import torch
     import torch.nn as nn
-    import torch.nn.functional as F
 
-    import cpu_attention
-    from model import apply_rope
+    from model import apply_rope, causal_self_attention
 
     for block in model.model.layers:
         attn = block.self_attn
@@ -162,10 +160,7 @@ def fuse_qkv(model: Any) -> None:
                 attn.qkv_proj(x).view(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
             )
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            if cpu_attention.suits(q):  # the same attention as the model's, so only QKV differs
-                y = cpu_attention.causal_attention(q, k, v)
-            else:
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            y = causal_self_attention(q, k, v)  # the model's own, so only the projection differs
             return attn.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
         attn.forward = forward
@@ -300,16 +295,14 @@ def make_get_batch(path: Path, batch_size: int, seq_len: int, device: Any, seed:
 def make_optimizer(model: Any, device: Any, impl: str) -> Any:
     import torch
 
-    from optim import build_optimizer
+    from optim import BETAS, build_optimizer, param_groups
 
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}]
     if impl == "auto":  # what pretrain.py uses
         optimizer = build_optimizer(model, 6e-4, 0.1, device.type)
         return optimizer, "fused" if optimizer.defaults["fused"] else "foreach"
     kwargs = {"fused": True} if impl == "fused" else {"foreach": impl == "foreach"}
-    return torch.optim.AdamW(groups, lr=6e-4, betas=(0.9, 0.95), eps=1e-8, **kwargs), impl
+    groups = param_groups(model, 0.1)
+    return torch.optim.AdamW(groups, lr=6e-4, betas=BETAS, eps=1e-8, **kwargs), impl
 
 
 def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]:
@@ -443,12 +436,9 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
     use = clean if len(clean) >= 3 else list(range(len(foreign)))
     # Each step's FLOP/s over the peak measured right after it: numerator and denominator see
     # the same machine, so drift of a shared VM's speed during the run cancels out.
-    paired_peaks = [step_peaks[i] for i in use if step_peaks and step_peaks[i]]
-    paired_mfu = [
-        B * T * flops_per_token / times["step"][i] / step_peaks[i]
-        for i in use
-        if step_peaks and step_peaks[i]
-    ]
+    pairs = [(times["step"][i], step_peaks[i]) for i in use if step_peaks and step_peaks[i]]
+    paired_peaks = [peak for _, peak in pairs]
+    paired_mfu = [B * T * flops_per_token / step_s / peak for step_s, peak in pairs]
     times = {k: [v[i] for i in use] for k, v in times.items()}
 
     peak_mem = perf.peak_memory_bytes(device)

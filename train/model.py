@@ -78,6 +78,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos + rotated * sin).type_as(x)
 
 
+def causal_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention over whole (B, heads, T, head_dim) sequences: cpu_attention where it is
+    faster (CPU training up to T=512; README, Performance), else torch's fused kernel."""
+    if cpu_attention.suits(q):
+        return cpu_attention.causal_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 class KVCache:
     """Keys and values of the positions already run, so decoding a token runs only that token.
 
@@ -127,10 +135,8 @@ class Attention(nn.Module):
             for proj in (self.q_proj, self.k_proj, self.v_proj)
         )
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if kv is None and cpu_attention.suits(q):  # CPU training (README: Performance)
-            y = cpu_attention.causal_attention(q, k, v)
-        elif kv is None:  # full sequence
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if kv is None:  # full sequence
+            y = causal_self_attention(q, k, v)
         else:  # decoding: append to this layer's (2, B, heads, max_len, head_dim) cache
             end = start + T
             kv[0, :, :, start:end], kv[1, :, :, start:end] = k, v

@@ -6,6 +6,8 @@ import math
 
 import torch
 
+BETAS = (0.9, 0.95)
+
 
 def build_optimizer(
     model: torch.nn.Module, learning_rate: float, weight_decay: float, device_type: str
@@ -16,13 +18,19 @@ def build_optimizer(
     Measured at 124M on a 2-core CPU (torch 2.15): 0.05 s per step fused vs 0.17 s
     foreach, the same update up to float rounding (tests/test_perf.py).
     """
+    fused = device_type in ("cpu", "cuda", "mps")
+    return torch.optim.AdamW(
+        param_groups(model, weight_decay), lr=learning_rate, betas=BETAS, eps=1e-8, fused=fused
+    )
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups: decay on matrices (>= 2-D), none on norm gains."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
+    return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    fused = device_type in ("cpu", "cuda", "mps")
-    return torch.optim.AdamW(groups, lr=learning_rate, betas=(0.9, 0.95), eps=1e-8, fused=fused)
 
 
 def learning_rate_at(
