@@ -63,19 +63,19 @@ class RMSNorm(nn.Module):
 
 
 def rope_cos_sin(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables of shape (max_position_embeddings, head_dim), halves duplicated (Llama)."""
+    """RoPE tables of shape (max_position_embeddings, head_dim): cos with its halves duplicated
+    (Llama's layout) and sin with the first half negated, the form apply_rope takes."""
     d = config.head_dim
     inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
     angles = torch.outer(torch.arange(config.max_position_embeddings).float(), inv_freq)
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
+    return torch.cat((angles, angles), dim=-1).cos(), torch.cat((-angles, angles), dim=-1).sin()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate (B, heads, T, head_dim) by position; the 'rotate half' layout Llama uses."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x * cos + rotated * sin).type_as(x)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, heads, T, head_dim) by position, Llama's 'rotate half' layout:
+    x * cos + cat(-x2, x1) * sin, written as x * cos + roll(x, half) * signed_sin so that it
+    is three passes over q and k, not five (no neg, no cat), forward and backward."""
+    return torch.addcmul(x * cos, x.roll(x.size(-1) // 2, dims=-1), signed_sin).type_as(x)
 
 
 def causal_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -198,9 +198,9 @@ class LlamaForTraining(nn.Module):
         self.model = Decoder(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.lm_head.weight = self.model.embed_tokens.weight  # tied
-        cos, sin = rope_cos_sin(config)
+        cos, signed_sin = rope_cos_sin(config)
         self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_sin", signed_sin, persistent=False)  # first half negated
         # Recompute each block in backward instead of storing its activations (less memory,
         # one extra forward); the numbers are the same.
         self.gradient_checkpointing = False
