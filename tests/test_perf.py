@@ -89,6 +89,36 @@ def test_tune_cpu_allocator_keeps_freed_memory_in_the_process():
     assert tuned == "True" and kept >= 200
 
 
+THP_PROBE = """
+import sys; sys.path.insert(0, {train!r})
+import perf
+perf.tune_cpu_allocator()
+import torch
+block = torch.ones(64 << 18)  # 64 MiB through torch's CPU allocator, touched
+rollup = open("/proc/self/smaps_rollup").read()
+print(rollup.split("AnonHugePages:")[1].split()[0])
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux /proc only")
+def test_tune_cpu_allocator_asks_for_huge_pages():
+    def huge_kib(no_tuning: str) -> int:
+        env = {**os.environ, "OWT_NO_MALLOC_TUNING": no_tuning}
+        env.pop("THP_MEM_ALLOC_ENABLE", None)
+        code = THP_PROBE.format(train=str(REPO / "train"))
+        run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    if "[never]" in mode:  # the kernel gives none on request either: nothing to see
+        assert huge_kib("0") == 0
+        return
+    assert huge_kib("0") >= 32 << 10  # most of the 64 MiB block
+    if "[madvise]" in mode:  # only on request: none without the tuning
+        assert huge_kib("1") < 8 << 10
+
+
 def test_tune_cpu_allocator_is_a_safe_no_op_elsewhere(monkeypatch):
     monkeypatch.setattr(perf, "_allocator_tuned", None)
     monkeypatch.setattr(perf.sys, "platform", "darwin")

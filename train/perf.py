@@ -54,9 +54,16 @@ def tune_cpu_allocator() -> bool:
     OWT_NO_MALLOC_TUNING=1 where RAM is tight. Raising only M_MMAP_THRESHOLD (max 32 MiB) does
     not help: logits-sized blocks stay above it.
 
-    Call it once at process start, before the model and optimizer are built (it only affects
-    later allocations). Returns True if applied (now or earlier), False where it does not apply:
-    non-Linux, a libc other than glibc, or OWT_NO_MALLOC_TUNING=1 in the environment.
+    It also sets torch's THP_MEM_ALLOC_ENABLE=1 (unless set already): torch's CPU allocator then
+    asks the kernel for transparent huge pages (madvise) for blocks of 2 MB and up, so the
+    passes over activations and the loss buffer take fewer TLB misses. Steps measured ~2%
+    faster at 4x256x256x8, ~1% at 6x384x256x8, ~0.5% at 124M (processes alternating with and
+    without it, three each); peak RSS was not higher.
+
+    Call it once at process start, before the model and optimizer are built: it only affects
+    later allocations, and torch reads THP_MEM_ALLOC_ENABLE at its first allocation. Returns
+    True if applied (now or earlier), False where it does not apply: non-Linux, a libc other
+    than glibc, or OWT_NO_MALLOC_TUNING=1 in the environment.
     """
     global _allocator_tuned
     if _allocator_tuned is not None:
@@ -64,6 +71,7 @@ def tune_cpu_allocator() -> bool:
     _allocator_tuned = False
     if not sys.platform.startswith("linux") or os.environ.get("OWT_NO_MALLOC_TUNING") == "1":
         return False
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     if platform.libc_ver()[0] != "glibc":
         return False
     try:
