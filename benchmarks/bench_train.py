@@ -1,8 +1,12 @@
 """Training-step throughput, MFU, time breakdown and peak memory of our model on this device.
 
     uv run benchmarks/bench_train.py                      # the three reference shapes, CPU fp32
+    uv run benchmarks/bench_train.py --compile off        # the same, eager
     uv run benchmarks/bench_train.py --shapes 12x768x1024x4 --steps 3     # one custom shape
-    uv run benchmarks/bench_train.py --device cuda --dtype bf16 --compile
+    uv run benchmarks/bench_train.py --device cuda --dtype bf16
+
+The model is compiled or not as pretrain.py decides by default (--compile auto: torch.compile on
+CUDA and CPU when a C++ compiler is found); compilation happens in the untimed warmup steps.
 
 A shape is LAYERSxWIDTHxSEQxBATCH (heads = WIDTH/64). Each shape runs in a fresh child process
 (so allocator state and peak memory of one shape never leak into the next) that
@@ -69,7 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 | auto (autocast dtype)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="torch.compile the model; auto decides as pretrain.py does (perf.resolve_compile)",
+    )
     p.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="LAYERSxWIDTHxSEQxBATCH")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -372,7 +383,8 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
             return padded_vocab_forward(model, x, y, REAL_VOCAB, args.pad_mode)
         return model(x, y)[1]
 
-    if args.compile:
+    compiled = perf.resolve_compile(device, args.compile)
+    if compiled:
         loss_fn = torch.compile(loss_fn)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -456,7 +468,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
         "batch_size": B,
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "compile": args.compile,
+        "compile": compiled,
         "vocab_size": vocab,
         "pad_mode": args.pad_mode,
         "fused_qkv": args.fused_qkv,
@@ -495,7 +507,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
         "peak_memory_bytes": peak_mem,
         "load_avg": os.getloadavg()[0],
     }
-    if args.compile and args.warmup:
+    if compiled and args.warmup:
         result["warmup_s_incl_compile"] = round(t_compile, 2)
     if device.type == "cpu":
         result["peak_memory_over_baseline_bytes"] = peak_mem - rss_base

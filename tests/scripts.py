@@ -35,17 +35,19 @@ def run_with_fault(fault: str, *args: str, env: dict[str, str] | None = None, ti
 
 
 def tiny_model_args(tokenizer_dir: Path) -> list[str]:
-    """A model small enough to train in seconds on a CPU, in fp32.
+    """A model small enough to train in seconds on a CPU, in fp32, eagerly.
 
     fp32 because most tests compare runs that split the same work differently (accumulation,
-    ranks, resume) and expect fp32 rounding; --dtype auto (bf16 on CPUs with native bf16) is
-    exercised by test_pretrain.py's main run. A later --dtype overrides this one.
+    ranks, resume) and expect fp32 rounding; eager because compiling takes longer than these
+    runs train. The defaults, --dtype auto (bf16 on CPUs with native bf16) and --compile auto
+    (compiled where a C++ compiler is found), are exercised by test_pretrain.py's main run.
+    A later --dtype or --compile overrides these.
     """
     return [
         "--tokenizer_name", str(tokenizer_dir),
         "--hidden_size", "32", "--num_layers", "2", "--num_heads", "2",
         "--max_length", "32", "--max_position_embeddings", "64",
-        "--device", "cpu", "--dtype", "float32",
+        "--device", "cpu", "--dtype", "float32", "--compile", "off",
     ]  # fmt: skip
 
 

@@ -112,6 +112,21 @@ def test_ddp_two_ranks_match_one_rank_with_the_same_global_batch(
     assert_same_curves(tmp_path / "two", one_rank)
 
 
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+def test_compiled_two_ranks_match_one_eager_rank(
+    sharding, one_rank, data, gpt2_tokenizer_dir, tmp_path
+):
+    """torchrun users get --compile auto (compiled on CPU and CUDA): DDP and FSDP wrap the
+    compiled model and train the same weights, up to the rounding of fused kernels."""
+    out = tmp_path / "compiled"
+    result = pretrain(data, gpt2_tokenizer_dir, out, 2, "--compile", "on", *sharding)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((out / "config.json").read_text())["compiled"]
+    assert_one_set_of_outputs(out, one_rank, result.stderr)
+    assert_close_weights(final_weights(out), final_weights(one_rank), atol=1e-4)
+    assert_same_curves(out, one_rank, tol=1e-3)
+
+
 def test_fsdp_two_ranks_match_one_rank_with_the_same_global_batch(fsdp, one_rank):
     out, result = fsdp
     config = json.loads((out / "config.json").read_text())

@@ -190,6 +190,28 @@ def test_resolve_dtype(monkeypatch):
     assert isinstance(perf.cpu_supports_bf16(), bool)
 
 
+def test_resolve_compile(monkeypatch):
+    monkeypatch.setattr(perf.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert perf.resolve_compile("cpu") and perf.resolve_compile("cuda", "auto")
+    assert not perf.resolve_compile("mps")  # unmeasured there: never on by default
+    assert perf.resolve_compile("mps", "on") and not perf.resolve_compile("cpu", "off")
+    monkeypatch.setenv("CXX", "my-c++")
+    assert perf.cxx_compiler() == "/usr/bin/my-c++"
+    monkeypatch.setattr(perf.shutil, "which", lambda name: None)  # no compiler: train eagerly
+    assert perf.cxx_compiler() is None and not perf.resolve_compile("cpu")
+    with pytest.raises(ValueError, match="unknown --compile"):
+        perf.resolve_compile("cpu", "yes")
+
+
+def test_compile_flag_forms():
+    import pretrain
+
+    parse = pretrain.build_parser().parse_args
+    assert parse([]).compile == "auto"
+    assert parse(["--compile"]).compile == "on"  # the old bare flag still means on
+    assert parse(["--compile", "off"]).compile == "off"
+
+
 def test_autocast_context():
     with perf.autocast_context("cpu", torch.float32):
         assert not torch.is_autocast_enabled("cpu")
@@ -316,12 +338,15 @@ def test_bench_train_runs_and_reports(bench, capsys):
             "--pad_vocab",
             "64",
             "--gradient_checkpointing",
+            "--compile",
+            "off",
         ]
     )
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     (result,) = report["results"]
     assert result["vocab_size"] == 50304 and result["tokens_per_s"] > 0
+    assert result["compile"] is False
     assert set(result["breakdown_s_median"]) == {"data", "fwd_bwd", "optimizer"}
     assert result["peak_memory_bytes"] > 0
     assert 10 < result["loss_first"] < 11.5  # ~ln(50257): padded logits are excluded

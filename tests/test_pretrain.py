@@ -27,7 +27,8 @@ def train_one_epoch(data: Path, out: Path, tokenizer_dir: Path, *extra: str):
         "pretrain.py",
         "--data_dir", data, "--output_dir", out, *tiny_model_args(tokenizer_dir),
         "--batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "3e-3",
-        "--num_epochs", "1", "--eval_interval", "25", "--log_interval", "5", "--dtype", "auto",
+        "--num_epochs", "1", "--eval_interval", "25", "--log_interval", "5",
+        "--dtype", "auto", "--compile", "auto",  # the defaults
         *extra,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -36,7 +37,7 @@ def train_one_epoch(data: Path, out: Path, tokenizer_dir: Path, *extra: str):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, gpt2_tokenizer_dir):
-    """One epoch of a tiny model on ~25k tokens of Python documentation."""
+    """One epoch of a tiny model on ~25k tokens of Python documentation, default settings."""
     root = tmp_path_factory.mktemp("trained")
     docs = english_documents()
     data = write_layout(root / "data", docs[:70], docs[-20:])
@@ -52,6 +53,7 @@ def test_one_epoch_writes_every_promised_output(trained):
     assert config["tokens_per_optimizer_step"] == 8 * 32
     assert config["num_parameters"] > 0 and config["device"] == "cpu"
     assert config["dtype"] == ("bfloat16" if perf.cpu_supports_bf16() else "float32")
+    assert config["compiled"] == (perf.cxx_compiler() is not None)
     for tag in ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec",
                 "val/loss", "val/perplexity"]:  # fmt: skip
         assert scalars(out / "tensorboard", tag), tag
@@ -175,19 +177,23 @@ def test_existing_run_is_not_overwritten(trained, tmp_path, gpt2_tokenizer_dir):
     assert (copy / "checkpoint_epoch_1.pt").read_bytes() == before
 
 
-def test_compile_trains_like_eager(trained, tmp_path, gpt2_tokenizer_dir):
-    """--compile on the CPU (inductor), same --dtype auto as the eager run: the same losses and
-    weights, up to the float rounding of fused kernels."""
-    data, eager_out, _ = trained
-    out = tmp_path / "compiled"
-    train_one_epoch(data, out, gpt2_tokenizer_dir, "--compile")
+def test_compiled_default_trains_like_eager(trained, tmp_path, gpt2_tokenizer_dir):
+    """The main run is compiled (--compile auto on a CPU with a C++ compiler: inductor); the same
+    run eagerly (--compile off) gives the same losses and weights, up to the float rounding of
+    fused kernels."""
+    data, compiled_out, _ = trained
+    assert json.loads((compiled_out / "config.json").read_text())["compiled"], "no C++ compiler?"
+    out = tmp_path / "eager"
+    train_one_epoch(data, out, gpt2_tokenizer_dir, "--compile", "off")
+    assert not json.loads((out / "config.json").read_text())["compiled"]
     for tag in ["train/loss", "val/loss"]:
-        eager, compiled = scalars(eager_out / "tensorboard", tag), scalars(out / "tensorboard", tag)
+        compiled = scalars(compiled_out / "tensorboard", tag)
+        eager = scalars(out / "tensorboard", tag)
         assert [s for s, _ in compiled] == [s for s, _ in eager]
         for (_, a), (_, b) in zip(eager, compiled, strict=True):
             assert b == pytest.approx(a, rel=1e-3), tag
-    a = torch.load(eager_out / "best_model.pt", weights_only=True)["model"]
-    b = torch.load(out / "best_model.pt", weights_only=True)["model"]
+    a = torch.load(out / "best_model.pt", weights_only=True)["model"]
+    b = torch.load(compiled_out / "best_model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()  # no "_orig_mod." prefixes from the compile wrapper
     for name in a:  # bf16 (auto here) rounds fused kernels differently; 116 steps drift ~1%
         assert (b[name] - a[name]).norm() <= 5e-2 * a[name].norm(), name

@@ -83,7 +83,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("device and robustness")
     g.add_argument("--device", default="auto", help="auto (mps, cuda, cpu), or e.g. cuda:1")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    g.add_argument("--compile", action="store_true", help="torch.compile (CUDA, CPU)")
+    g.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="torch.compile the model: auto = on for CUDA and CPU when a C++ compiler is found, "
+        "off on MPS (~20-40 s before the first step; a bare --compile means on)",
+    )
     g.add_argument(
         "--fsdp",
         action="store_true",
@@ -187,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         perf.tune_cpu_allocator()  # reuse freed activation memory instead of mmap churn
     perf.setup_backend(device)  # TF32 on CUDA
     dtype = perf.resolve_dtype(device, args.dtype)
+    compile_model = perf.resolve_compile(device, args.compile)
     if args.fsdp and device.type not in ("cuda", "cpu"):
         raise UsageError(f"--fsdp runs on CUDA or CPU, not {device.type}: drop --fsdp")
     world = distributed.init_world(device.type)
@@ -258,8 +267,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.fsdp:  # FSDP moves each block to the device as it shards it (Trainer)
         model = model.to(device)
     trainer = Trainer(
-        args, world, device, dtype, model, cache, train_windows, val_windows, tokenizer=encoder
-    )
+        args, world, device, dtype, model, cache, train_windows, val_windows,
+        tokenizer=encoder, compile_model=compile_model,
+    )  # fmt: skip
     trainer.resume_hint = resume_command()
     if resume_state is not None:
         trainer.restore(resume_state, resume_from)
@@ -271,6 +281,7 @@ def run(args: argparse.Namespace) -> int:
             "num_parameters": model.num_parameters(),
             "device": str(device),
             "dtype": str(dtype).removeprefix("torch."),
+            "compiled": compile_model,
             "world_size": world.size,
             "tokens_per_optimizer_step": per_step * args.max_length,
             "steps_per_epoch": trainer.sampler.steps_per_epoch,
@@ -282,7 +293,8 @@ def run(args: argparse.Namespace) -> int:
         (output_dir / "config.json").write_text(json.dumps(run_config, indent=2) + "\n")
         print(
             f"model: {model.num_parameters() / 1e6:.1f}M parameters on {device} "
-            f"({run_config['dtype']}); {trainer.total_steps} optimizer steps of "
+            f"({run_config['dtype']}{', compiled' if compile_model else ''}); "
+            f"{trainer.total_steps} optimizer steps of "
             f"{run_config['tokens_per_optimizer_step']:,} tokens",
             file=sys.stderr,
         )

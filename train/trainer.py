@@ -115,8 +115,9 @@ class Trainer:
     """The training loop. Only the main rank writes files or prints bars."""
 
     def __init__(
-        self, args, world, device, dtype, model, cache, train_windows, val_windows, tokenizer=None
-    ):
+        self, args, world, device, dtype, model, cache, train_windows, val_windows,
+        tokenizer=None, compile_model=False,
+    ):  # fmt: skip
         self.args, self.world, self.device = args, world, device
         self.tokenizer = tokenizer  # for the sample logged at each validation
         self.model = model  # unwrapped: what checkpoints save
@@ -142,7 +143,7 @@ class Trainer:
         if self.fsdp:
             distributed.shard_model(model, world, device)
         self.optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, device.type)
-        self.step_model = torch.compile(model) if args.compile else model
+        self.step_model = torch.compile(model) if compile_model else model
         if world.size > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
