@@ -6,7 +6,8 @@
     uv run benchmarks/bench_train.py --device cuda --dtype bf16
 
 The model is compiled or not as pretrain.py decides by default (--compile auto: torch.compile on
-CUDA and CPU when a C++ compiler is found); compilation happens in the untimed warmup steps.
+CUDA and on a Linux CPU with a C++ compiler); compilation happens in the untimed warmup steps.
+(--loss_curves always runs eagerly.)
 
 A shape is LAYERSxWIDTHxSEQxBATCH (heads = WIDTH/64). Each shape runs in a fresh child process
 (so allocator state and peak memory of one shape never leak into the next) that
@@ -113,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="AdamW implementation (auto: as pretrain.py, optim.build_optimizer)",
     )
-    p.add_argument("--no_allocator_tuning", action="store_true", help="glibc malloc defaults")
+    p.add_argument(
+        "--no_allocator_tuning",
+        action="store_true",
+        help="glibc malloc defaults, no huge pages (skip perf.tune_cpu_allocator)",
+    )
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     p.add_argument("--no_peak", action="store_true", help="skip the matmul peak measurement")
     p.add_argument(
@@ -562,7 +567,7 @@ def english_tokens() -> Any:
 
 
 def loss_curves(args: argparse.Namespace) -> dict[str, Any]:
-    """Train the same model from the same init on the same batches once per dtype.
+    """Train the same model from the same init on the same batches once per dtype, eagerly.
 
     90% of the tokens train (random crops, same order for every dtype), the last 10% validate.
     AdamW lr 1e-3, 10 warmup steps then cosine to 1e-4, grad clip 1.0. Returns per-step train

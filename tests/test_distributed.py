@@ -14,6 +14,7 @@ import pytest
 import torch
 from test_pretrain import scalars
 
+import perf
 from checkpointing import model_from_checkpoint
 from scripts import REPO, tiny_model_args
 from textdata import write_layout
@@ -112,16 +113,26 @@ def test_ddp_two_ranks_match_one_rank_with_the_same_global_batch(
     assert_same_curves(tmp_path / "two", one_rank)
 
 
-@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp"])
+# DDP with 2 micro-batches of 2 per rank: the same global batch of 8, through no_sync; twice
+# as many validation batches of half the size, so the same validation windows.
+DDP_ACCUMULATING = [
+    "--batch_size", "2", "--gradient_accumulation_steps", "2", "--eval_max_batches", "6",
+]  # fmt: skip
+
+
+@pytest.mark.skipif(perf.cxx_compiler() is None, reason="inductor needs a C++ compiler")
+@pytest.mark.parametrize("extra", [DDP_ACCUMULATING, ["--fsdp"]], ids=["ddp", "fsdp"])
 def test_compiled_two_ranks_match_one_eager_rank(
-    sharding, one_rank, data, gpt2_tokenizer_dir, tmp_path
+    extra, one_rank, data, gpt2_tokenizer_dir, tmp_path
 ):
-    """torchrun users get --compile auto (compiled on CPU and CUDA): DDP and FSDP wrap the
-    compiled model and train the same weights, up to the rounding of fused kernels."""
+    """torchrun users get --compile auto (compiled on CUDA and Linux CPUs): the compiled model
+    under DDP (accumulating) or FSDP trains the same weights as one eager rank, up to the
+    rounding of fused kernels."""
     out = tmp_path / "compiled"
-    result = pretrain(data, gpt2_tokenizer_dir, out, 2, "--compile", "on", *sharding)
+    result = pretrain(data, gpt2_tokenizer_dir, out, 2, "--compile", "on", *extra)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((out / "config.json").read_text())["compiled"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["compiled"] and config["tokens_per_optimizer_step"] == 8 * 32
     assert_one_set_of_outputs(out, one_rank, result.stderr)
     assert_close_weights(final_weights(out), final_weights(one_rank), atol=1e-4)
     assert_same_curves(out, one_rank, tol=1e-3)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from model import LlamaForTraining, ModelConfig
+from model import LlamaForTraining, ModelConfig, apply_rope, rope_cos_sin
 
 SMALL = ModelConfig(
     vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, max_position_embeddings=64
@@ -72,3 +72,17 @@ def test_untrained_loss_is_near_uniform():
     x, y = torch.randint(0, SMALL.vocab_size, (2, 4, 32))
     _, loss = model(x, y)
     assert abs(loss.item() - torch.log(torch.tensor(300.0)).item()) < 0.1
+
+
+def test_rope_is_llamas_rotate_half():
+    """apply_rope's roll + signed sin equals Llama's x*cos + cat(-x2, x1)*sin, on the model's
+    non-contiguous (B, heads, T, head_dim) view."""
+    config = ModelConfig(hidden_size=64, num_heads=4, max_position_embeddings=16)
+    d = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2).float() / d))
+    angles = torch.outer(torch.arange(16).float(), inv_freq)
+    cos, sin = torch.cat((angles, angles), -1).cos(), torch.cat((angles, angles), -1).sin()
+    x = torch.randn(2, 16, 4, d, generator=torch.Generator().manual_seed(0)).transpose(1, 2)
+    x1, x2 = x.chunk(2, dim=-1)
+    expected = x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    torch.testing.assert_close(apply_rope(x, *rope_cos_sin(config)), expected)

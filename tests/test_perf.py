@@ -110,7 +110,8 @@ def test_tune_cpu_allocator_asks_for_huge_pages():
         assert run.returncode == 0, run.stderr
         return int(run.stdout)
 
-    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    setting = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    mode = setting.read_text() if setting.exists() else "[never]"
     if "[never]" in mode:  # the kernel gives none on request either: nothing to see
         assert huge_kib("0") == 0
         return
@@ -192,8 +193,12 @@ def test_resolve_dtype(monkeypatch):
 
 def test_resolve_compile(monkeypatch):
     monkeypatch.setattr(perf.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(perf.sys, "platform", "linux")
     assert perf.resolve_compile("cpu") and perf.resolve_compile("cuda", "auto")
     assert not perf.resolve_compile("mps")  # unmeasured there: never on by default
+    monkeypatch.setattr(perf.sys, "platform", "darwin")  # inductor would also need libomp
+    assert not perf.resolve_compile("cpu") and perf.resolve_compile("cpu", "on")
+    monkeypatch.setattr(perf.sys, "platform", "linux")
     assert perf.resolve_compile("mps", "on") and not perf.resolve_compile("cpu", "off")
     monkeypatch.setenv("CXX", "my-c++")
     assert perf.cxx_compiler() == "/usr/bin/my-c++"

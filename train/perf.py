@@ -58,9 +58,9 @@ def tune_cpu_allocator() -> bool:
 
     It also sets torch's THP_MEM_ALLOC_ENABLE=1 (unless set already): torch's CPU allocator then
     asks the kernel for transparent huge pages (madvise) for blocks of 2 MB and up, so the
-    passes over activations and the loss buffer take fewer TLB misses. Steps measured ~2%
-    faster at 4x256x256x8, ~1% at 6x384x256x8, ~0.5% at 124M (processes alternating with and
-    without it, three each); peak RSS was not higher.
+    passes over activations and the loss buffer take fewer TLB misses. Median steps measured
+    1.17 -> 1.14 s at 4x256x256x8, 2.06 -> 2.02 s at 6x384x256x8, 4.06 -> 4.05 s at 124M
+    (processes alternating with and without it, three each); peak RSS was not higher.
 
     Call it once at process start, before the model and optimizer are built: it only affects
     later allocations, and torch reads THP_MEM_ALLOC_ENABLE at its first allocation. Returns
@@ -73,9 +73,9 @@ def tune_cpu_allocator() -> bool:
     _allocator_tuned = False
     if not sys.platform.startswith("linux") or os.environ.get("OWT_NO_MALLOC_TUNING") == "1":
         return False
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     if platform.libc_ver()[0] != "glibc":
         return False
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
@@ -167,18 +167,21 @@ def cxx_compiler() -> str | None:
 def resolve_compile(device: torch.device | str, choice: str = "auto") -> bool:
     """Whether to torch.compile the training model for `--compile choice` (auto, on or off).
 
-    auto: on for CUDA and CPU when inductor has a C++ compiler (cxx_compiler), off on MPS (not
-    measured here) and wherever the compiler is missing, so a machine without one still trains,
+    auto: on for CUDA, and for the CPU on Linux, when inductor has a C++ compiler
+    (cxx_compiler); off on MPS and on macOS/Windows CPUs (unmeasured here; on macOS inductor
+    also needs libomp) and wherever the compiler is missing, so such machines still train,
     eagerly. Compiling costs ~20-40 s before the first step on a 2-core CPU and fuses the
-    elementwise work between the matmuls (RMSNorm, RoPE, SwiGLU, residual adds); measured on a
-    2-core Zen 4 with torch 2.15 (benchmarks/bench_train.py, README "Performance"): 124M model
-    at 256x4 in fp32 MFU 0.89-0.90 eager -> 0.915-0.92 compiled, in bf16 0.61 -> 0.65-0.66.
+    elementwise work between the matmuls (RMSNorm, RoPE, SwiGLU, residual adds). Measured on a
+    2-core Zen 4 with torch 2.15 (benchmarks/bench_train.py, README "Performance"): fp32 steps
+    -1% to +4% tokens/s (124M at 256x4: MFU 0.908 eager, 0.912-0.919 compiled), bf16 +6%.
     """
     if choice not in ("auto", "on", "off"):
         raise ValueError(f"unknown --compile {choice!r}; choose from auto, on, off")
     if choice != "auto":
         return choice == "on"
-    return torch.device(device).type in ("cuda", "cpu") and cxx_compiler() is not None
+    kind = torch.device(device).type
+    supported = kind == "cuda" or (kind == "cpu" and sys.platform.startswith("linux"))
+    return supported and cxx_compiler() is not None
 
 
 def autocast_context(

@@ -143,12 +143,16 @@ class Trainer:
         if self.fsdp:
             distributed.shard_model(model, world, device)
         self.optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, device.type)
-        self.step_model = torch.compile(model) if compile_model else model
+        self.step_model = model
         if world.size > 1 and not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [device.index] if device.type == "cuda" else None
-            self.step_model = DistributedDataParallel(self.step_model, device_ids=ids)
+            self.step_model = DistributedDataParallel(model, device_ids=ids)
+        if compile_model:
+            # Compiled around DDP, not inside it: torch then splits the graph at DDP's bucket
+            # boundaries, so gradient all-reduces overlap the rest of the backward.
+            self.step_model = torch.compile(self.step_model)
         self.progress = Progress()
         self.resumed = False
         self.stop = GracefulStop()
