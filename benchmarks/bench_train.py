@@ -74,14 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 | auto (autocast dtype)")
-    p.add_argument(
-        "--compile",
-        nargs="?",
-        const="on",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="torch.compile the model; auto decides as pretrain.py does (perf.resolve_compile)",
-    )
+    perf.add_compile_argument(p)
     p.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="LAYERSxWIDTHxSEQxBATCH")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")

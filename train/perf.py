@@ -4,6 +4,7 @@
     setup_backend(device)         TF32 on CUDA, thread count on CPU
     resolve_dtype(device, name)   "auto" -> the fastest dtype that trains as well as fp32
     resolve_compile(device, choice)   "auto" -> torch.compile where it is known to work and help
+    add_compile_argument(parser)      the --compile auto|on|off flag pretrain.py and bench share
     autocast_context(device, dt)  torch.autocast for bf16/fp16, a no-op for fp32
     model_flops_per_token(...)    6N + 12*L*H*Q*T, the MFU numerator (see its docstring)
     measure_matmul_peak(...)      the device's dense matmul FLOP/s, the MFU denominator
@@ -75,7 +76,6 @@ def tune_cpu_allocator() -> bool:
         return False
     if platform.libc_ver()[0] != "glibc":
         return False
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt
@@ -88,6 +88,8 @@ def tune_cpu_allocator() -> bool:
         and mallopt(_M_TRIM_THRESHOLD, -1) == 1  # -1 (as size_t: SIZE_MAX) disables trimming
         and mallopt(_M_TOP_PAD, 64 << 20) == 1
     )
+    if ok:
+        os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     _allocator_tuned = ok
     return ok
 
@@ -182,6 +184,20 @@ def resolve_compile(device: torch.device | str, choice: str = "auto") -> bool:
     kind = torch.device(device).type
     supported = kind == "cuda" or (kind == "cpu" and sys.platform.startswith("linux"))
     return supported and cxx_compiler() is not None
+
+
+def add_compile_argument(parser: Any) -> None:
+    """Add --compile auto|on|off (default auto, a bare --compile means on) to an argparse parser
+    or argument group; resolve the value with resolve_compile."""
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="on",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="torch.compile the model: auto = on for CUDA, and for the CPU on Linux, when a C++ "
+        "compiler is found; off on MPS (~20-40 s before the first step; a bare --compile = on)",
+    )
 
 
 def autocast_context(

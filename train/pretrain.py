@@ -83,15 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("device and robustness")
     g.add_argument("--device", default="auto", help="auto (mps, cuda, cpu), or e.g. cuda:1")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"])
-    g.add_argument(
-        "--compile",
-        nargs="?",
-        const="on",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="torch.compile the model: auto = on for CUDA and CPU when a C++ compiler is found, "
-        "off on MPS (~20-40 s before the first step; a bare --compile means on)",
-    )
+    perf.add_compile_argument(g)
     g.add_argument(
         "--fsdp",
         action="store_true",
