@@ -1,0 +1,75 @@
+"""Comparing two training runs that did the same optimizer steps with the work split differently
+(micro-batches, ranks, FSDP shards, compiled kernels): equal up to float rounding, checked in a
+way rounding cannot break and a real bug cannot pass.
+
+Why not elementwise `atol`: splitting a step's windows differently only reorders the sums
+that make each gradient, so each gradient element moves by at most ~n·u of the sum of its n
+terms' magnitudes (u = 2^-24 in fp32). AdamW then divides every element by its own running
+RMS, and for an element whose gradient is mostly cancellation that rounding is O(1) of its
+update: one element in thousands can end up lr-sized apart (1.0013e-5 against an atol of 1e-5
+was seen on one CPU). Norms do not have that problem: over a whole tensor those few elements
+weigh nothing.
+
+So each tensor must satisfy ||a - b|| <= REL_SPLIT · ||b - start||, the distance between the two
+runs against the distance the run travelled from its initial weights. Rounding gives ~sqrt(n)·u
+~ 1e-6 relative per step for the n = 256 tokens of a test step (worst case n·u = 1.5e-5), and a
+few dozen steps of a tiny model grow it little: the suite's comparisons measured 0 to 1.6e-5
+(Zen 4, torch 2.15), so 1e-3 leaves 60x of headroom. A bug that changes what a step sees changes
+the update direction itself: dropping the last micro-batch of each step measured 0.65.
+
+Losses: the same argument bounds a loss by its weights: rel 1e-3 of the loss (~0.005 nats at
+the start of training), where a lost micro-batch moves a step's logged mean loss by ~5%.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+REL_SPLIT = 1e-3
+REL_LOSS = 1e-3
+
+
+def initial_weights(model_config: dict, seed: int = 1337) -> dict[str, torch.Tensor]:
+    """The weights pretrain.py starts from for `model_config` and `--seed` (default 1337)."""
+    from model import LlamaForTraining, ModelConfig
+
+    torch.manual_seed(seed)
+    return LlamaForTraining(ModelConfig.from_dict(model_config)).state_dict()
+
+
+def relative_differences(
+    ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], start: dict[str, torch.Tensor]
+) -> dict[str, float]:
+    """name -> ||ours - theirs|| / ||theirs - start||, per tensor."""
+    assert ours.keys() == theirs.keys() == start.keys()
+    ratios = {}
+    for name, reference in theirs.items():
+        travelled = (reference.double() - start[name].double()).norm()
+        assert travelled > 0, f"{name} did not move: nothing to compare"
+        ratios[name] = float((ours[name].double() - reference.double()).norm() / travelled)
+    return ratios
+
+
+def assert_same_update(
+    ours: dict[str, torch.Tensor],
+    theirs: dict[str, torch.Tensor],
+    start: dict[str, torch.Tensor],
+    rel: float = REL_SPLIT,
+) -> None:
+    """The two runs' weights agree up to float rounding (see the module docstring)."""
+    ratios = relative_differences(ours, theirs, start)
+    worst = max(ratios, key=ratios.get)
+    assert ratios[worst] <= rel, f"{worst}: runs {ratios[worst]:.2e} of the travel apart"
+
+
+def assert_close_values(ours: list[float], theirs: list[float], rel: float = REL_LOSS) -> None:
+    """Two curves (losses, gradient norms) point by point, within `rel` of each value."""
+    assert len(ours) == len(theirs) and ours, (ours, theirs)
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert abs(a - b) <= rel * abs(b), f"point {i}: {a} vs {b}"
+
+
+def read_checkpoint(path: Path) -> dict:
+    return torch.load(path, weights_only=True)
