@@ -2,16 +2,18 @@
 
     uv run train/download_openwebtext.py --output_dir ./data/openwebtext
 
-The shard list comes from the hub at the commit --revision points to when the run starts (never a
-hard-coded count). Each shard is downloaded (--max_workers at a time) with the same retries,
-sha256 check and resume as download_subset.py. Before the first byte, the disk must have room for
-the download plus the token cache pretrain.py builds in OUTPUT_DIR/token_cache/.
+The shards are the dataset's train split at the commit --revision points to when the run starts,
+found as the hub's tools find them: the dataset card's configs (today plain_text/train-*), else
+`datasets`' default layouts, or --data_files (never a hard-coded folder or count). Each shard is
+downloaded (--max_workers at a time) with the same retries, sha256 check and resume as
+download_subset.py. Before the first byte, the disk must have room for the download plus the
+token cache pretrain.py builds in OUTPUT_DIR/token_cache/.
 
 Then the layout is built without copying the dataset: shards are moved into train/, and a seeded
-held-out set (--validation_documents, default 4,000) is carved out of the last shard into
-validation/ (that shard's other documents stay in train/, so no document is in both).
-dataset_info.txt lists the source repo, resolved commit, shards, documents and bytes per split
-and the date.
+held-out set (--validation_documents: 4,000 by default, at most half the shard) is carved out of
+the last shard into validation/ (that shard's other documents stay in train/, so no document is
+in both). dataset_info.txt lists the source repo, resolved commit, shards, documents and bytes
+per split and the date.
 
 Interrupted at any point (Ctrl-C, network loss), the same command continues: verified shards are
 never fetched again and a partly downloaded shard resumes. Until the layout is complete,
@@ -38,8 +40,7 @@ from hub_download import (
     add_download_arguments,
     download_all,
     format_bytes,
-    list_snapshot,
-    retry_policy,
+    snapshot_from_args,
 )
 from layout_builder import (
     LayoutError,
@@ -47,12 +48,14 @@ from layout_builder import (
     carve_validation,
     check_existing,
     fingerprint,
+    open_shard,
     publish,
     start_build,
     token_cache_bytes,
 )
 
 HELDOUT_DIR = "heldout_source"  # inside the build folder: the shard validation is carved from
+DEFAULT_VALIDATION_DOCUMENTS = 4000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,8 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--validation_documents",
         type=int,
-        default=4000,
-        help="documents carved out of the last shard into validation/ (default: %(default)s)",
+        default=None,
+        help=f"documents carved out of the last shard into validation/ (default: "
+        f"{DEFAULT_VALIDATION_DOCUMENTS:,}, or half the last shard if it holds fewer than "
+        f"{2 * DEFAULT_VALIDATION_DOCUMENTS:,})",
     )
     p.add_argument("--seed", type=int, default=1234, help="hold-out seed (default: %(default)s)")
     p.add_argument(
@@ -87,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_workers < 1:
         p.error("--max_workers must be >= 1")
-    if args.validation_documents < 1:
+    if args.validation_documents is not None and args.validation_documents < 1:
         p.error("--validation_documents must be >= 1")
     return args
 
@@ -118,22 +123,36 @@ def _info_fields(snapshot: RepoSnapshot, heldout: RemoteFile, args: argparse.Nam
         ("source", f"{snapshot.repo_id} ({snapshot.repo_type}) on the Hugging Face Hub"),
         ("revision", snapshot.revision),
         ("commit", snapshot.commit),
+        ("files", snapshot.selection),
         ("shard_count", f"{len(snapshot.files)} ({total:,} bytes)"),
         ("shards", shard_lines),
         ("built_by", "download_openwebtext.py"),
         (
             "selection",
-            f"validation = {args.validation_documents:,} documents held out of {heldout.path} "
-            f"with seed {args.seed}; train = every other document of every shard",
+            f"validation = documents held out of {heldout.path} with seed {args.seed} "
+            f"({_hold_out_rule(args)}); train = every other document of every shard",
         ),
     ]
+
+
+def _hold_out_rule(args: argparse.Namespace) -> str:
+    if args.validation_documents is not None:
+        return f"--validation_documents {args.validation_documents:,}"
+    return f"{DEFAULT_VALIDATION_DOCUMENTS:,}, at most half the shard"
+
+
+def validation_count(requested: int | None, shard: Path) -> int:
+    """How many documents to hold out of `shard`: `requested`, or by default 4,000 but at most
+    half the shard, so that the default command works on a dataset with small shards too."""
+    if requested is not None:
+        return requested  # must fit: carve_validation says so in one line if it does not
+    return max(1, min(DEFAULT_VALIDATION_DOCUMENTS, open_shard(shard).metadata.num_rows // 2))
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    retry = retry_policy(args)
-    snapshot = list_snapshot(args.repo_id, args.revision, retry=retry)
+    snapshot, retry = snapshot_from_args(args)
     shards, heldout = snapshot.files, snapshot.files[-1]
     total = sum(f.size for f in shards)
     print(
@@ -185,13 +204,10 @@ def main(argv: list[str] | None = None) -> None:
         f"space, keeping {args.min_free_gb:g} GB free",
     )
     if not carve_done(build):
-        print(f"Holding out {args.validation_documents:,} documents of {heldout.path}...")
-        carve_validation(
-            build / HELDOUT_DIR / heldout.name,
-            build,
-            count=args.validation_documents,
-            seed=args.seed,
-        )
+        source = build / HELDOUT_DIR / heldout.name
+        count = validation_count(args.validation_documents, source)
+        print(f"Holding out {count:,} documents of {heldout.path} for validation/...")
+        carve_validation(source, build, count=count, seed=args.seed)
     publish(output_dir, _info_fields(snapshot, heldout, args), key)
     for remote in shards[:-1]:
         manifest.relocate(remote, output_dir / "train" / remote.name)

@@ -28,8 +28,7 @@ from hub_download import (
     add_download_arguments,
     download_all,
     format_bytes,
-    list_snapshot,
-    retry_policy,
+    snapshot_from_args,
 )
 from layout_builder import SHARDS_DIR
 
@@ -47,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--shard",
         type=int,
         default=0,
-        help="which shard, counted from 0 in name order (default: %(default)s)",
+        help="which shard of the train split, counted from 0 in path order (default: %(default)s)",
     )
     add_download_arguments(p)
     return p.parse_args(argv)
@@ -56,8 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
-    retry = retry_policy(args)
-    snapshot = list_snapshot(args.repo_id, args.revision, retry=retry)
+    snapshot, retry = snapshot_from_args(args)
     if not 0 <= args.shard < len(snapshot.files):
         raise HubDownloadError(
             f"--shard {args.shard} does not exist: {args.repo_id}@{args.revision} has "
@@ -69,7 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     manifest = DownloadManifest(output_dir / MANIFEST_FILE)
     manifest.set_source(snapshot)
-    print(f"{args.repo_id}@{args.revision} is commit {snapshot.commit}; shard {remote.path}.")
+    print(
+        f"{args.repo_id}@{args.revision} is commit {snapshot.commit}: {len(snapshot.files)} "
+        f"shards ({snapshot.selection}); shard {args.shard} is {remote.path}."
+    )
     download_all(
         snapshot,
         [(remote, local)],

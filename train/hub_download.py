@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,10 +51,17 @@ from huggingface_hub.utils import (
     get_session,
     get_token,
     hf_raise_for_status,
+    parse_ratelimit_headers,
 )
 from tqdm.auto import tqdm
 
 from dataset_layout import DataScriptError
+from hub_data_files import (
+    PARQUET_SUFFIX,
+    DataFilesError,
+    describe_revision,
+    resolve_train_files,
+)
 
 DEFAULT_REPO_ID = "Skylion007/openwebtext"
 MANIFEST_FILE = "download_manifest.json"
@@ -86,10 +94,34 @@ class RetryPolicy:
     max_retries: int = 8
     backoff_seconds: float = 1.0
     max_backoff_seconds: float = 60.0
+    max_rate_limit_seconds: float = 300.0  # the hub's rate-limit windows are 5 minutes
 
-    def wait_seconds(self, failures: int) -> float:
+    def wait_seconds(self, failures: int, exc: BaseException | None = None) -> float:
+        """Seconds before the next attempt: what the hub asked for (rate limit), else backoff."""
+        asked = server_wait_seconds(exc)
+        if asked is not None:
+            return min(asked, self.max_rate_limit_seconds)
         base = min(self.max_backoff_seconds, self.backoff_seconds * 2 ** (failures - 1))
         return base * (1 + 0.1 * random.random())
+
+
+def server_wait_seconds(exc: BaseException | None) -> float | None:
+    """The wait a 429 (or 503) answer asks for: the `t=` of its `RateLimit` header when no
+    request remains (`r=0`), else its `Retry-After` (seconds or an HTTP date); None if none."""
+    response = exc.response if isinstance(exc, HfHubHTTPError) else None
+    if response is None or response.status_code not in (429, 503):
+        return None
+    # The hub sends RateLimit on every answer: it explains a 429 only when no request remains.
+    limit = parse_ratelimit_headers(response.headers) if response.status_code == 429 else None
+    if limit is not None and limit.remaining == 0:
+        return float(limit.reset_in_seconds)
+    value = response.headers.get("Retry-After", "").strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -113,7 +145,7 @@ class RemoteFile:
 
 @dataclass(frozen=True)
 class RepoSnapshot:
-    """Files of a repo at the commit `revision` pointed to when the run started."""
+    """The train shards of a repo at the commit `revision` pointed to when the run started."""
 
     repo_id: str
     repo_type: str
@@ -121,6 +153,7 @@ class RepoSnapshot:
     commit: str
     files: tuple[RemoteFile, ...]
     endpoint: str | None = None  # None: HF_ENDPOINT, or https://huggingface.co
+    selection: str = ""  # how the files were chosen (hub_data_files.SplitFiles.describe)
 
     def url(self, remote: RemoteFile) -> str:
         # Pinned to the commit: a push during a 24 GB download cannot mix two versions.
@@ -198,13 +231,19 @@ def call_with_retries(what: str, call: Callable[[], T], retry: RetryPolicy) -> T
             failures += 1
             if not _is_transient(exc) or failures > retry.max_retries:
                 raise explain(exc, what) from exc
-            _log_retry(what, exc, failures, retry)
-            time.sleep(retry.wait_seconds(failures))
+            time.sleep(_log_retry(what, exc, failures, retry))
 
 
-def _log_retry(what: str, exc: BaseException, failures: int, retry: RetryPolicy) -> None:
+def _log_retry(what: str, exc: BaseException, failures: int, retry: RetryPolicy) -> float:
+    """Say what failed and how long we wait; return that wait."""
+    pause = retry.wait_seconds(failures, exc)
     reason = _short_reason(exc)
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        if exc.response.status_code == 429:
+            hint = "" if get_token() is not None else f"; a token raises the limit: {TOKEN_HELP}"
+            reason += f" (rate limited: waiting {pause:.0f} s{hint})"
     print(f"{what}: {reason}; retry {failures}/{retry.max_retries}", file=sys.stderr, flush=True)
+    return pause
 
 
 def _short_reason(exc: BaseException) -> str:
@@ -220,27 +259,32 @@ def list_snapshot(
     revision: str = "main",
     *,
     repo_type: str = "dataset",
-    folder: str = "data",
-    suffix: str = ".parquet",
+    config_name: str | None = None,
+    data_files: list[str] | None = None,
     retry: RetryPolicy = RetryPolicy(),
     endpoint: str | None = None,
 ) -> RepoSnapshot:
-    """Resolve `revision` to a commit and list the `suffix` files under `folder` at that commit.
+    """Resolve `revision` to a commit and find the train split's parquet shards at that commit.
+
+    The shards are found as the hub's own tools find them (see hub_data_files.py): `data_files`
+    if given, else the dataset card's configs (default config, or `config_name`), else
+    `datasets`' default data-files conventions, matched against a recursive listing.
 
     Args:
         repo_id (`str`): e.g. "Skylion007/openwebtext".
-        revision (`str`): branch, tag or commit.
+        revision (`str`): branch, tag, commit or ref ("refs/pr/1", "refs/convert/parquet").
         repo_type (`str`): "dataset" or "model".
-        folder (`str`): folder of the repo to list, recursively ("" for the whole repo).
-        suffix (`str`): keep files whose path ends with it.
-        retry ([`RetryPolicy`]): for the two API calls.
+        config_name (`str`, *optional*): config of the dataset card to use.
+        data_files (`list[str]`, *optional*): glob patterns that override the card.
+        retry ([`RetryPolicy`]): for the API calls.
         endpoint (`str`, *optional*): hub URL; default HF_ENDPOINT, or https://huggingface.co.
 
     Returns:
-        [`RepoSnapshot`] with the files sorted by path (never empty).
+        [`RepoSnapshot`] with the shards sorted by path (never empty).
 
     Raises:
-        [`HubDownloadError`]: unreachable hub, no access, unknown revision, or no matching file.
+        [`HubDownloadError`]: unreachable hub, no access, unknown revision (exit status 1), or
+            no train parquet at this revision (exit status 2, saying what it holds instead).
     """
     api = HfApi(endpoint=endpoint)
     where = f"{repo_type} {repo_id}@{revision}"
@@ -255,30 +299,59 @@ def list_snapshot(
     entries = call_with_retries(
         f"Listing {where}",
         lambda: list(
-            api.list_repo_tree(
-                repo_id, folder or None, recursive=True, revision=commit, repo_type=repo_type
-            )
+            api.list_repo_tree(repo_id, recursive=True, revision=commit, repo_type=repo_type)
         ),
         retry,
     )
-    files = sorted(
-        (
-            RemoteFile(
-                path=e.path,
-                size=e.size,
-                sha256=e.lfs.sha256 if e.lfs else None,
-                git_oid=e.blob_id,
-            )
-            for e in entries
-            if isinstance(e, RepoFile) and e.path.endswith(suffix)
-        ),
-        key=lambda f: f.path,
-    )
-    if not files:
-        raise HubDownloadError(
-            f"No {suffix} files under '{folder or '/'}' in {where}: check --repo_id and --revision."
+    listed = {
+        e.path: RemoteFile(
+            path=e.path,
+            size=e.size,
+            sha256=e.lfs.sha256 if e.lfs else None,
+            git_oid=e.blob_id,
         )
-    return RepoSnapshot(repo_id, repo_type, revision, commit, tuple(files), endpoint)
+        for e in entries
+        if isinstance(e, RepoFile)
+    }
+    try:
+        split = resolve_train_files(
+            sorted(listed), getattr(info, "card_data", None),
+            config_name=config_name, data_files=data_files,
+        )  # fmt: skip
+    except DataFilesError as exc:
+        raise HubDownloadError(
+            f"{where} (commit {commit[:12]}): {exc}. Pass --config_name or --data_files.",
+            exit_code=2,
+        ) from None
+    if not split.paths:
+        holds = describe_revision(sorted(listed))
+        if not any(path.endswith(PARQUET_SUFFIX) for path in listed):
+            holds += ", no parquet"
+        raise HubDownloadError(
+            f"{where} (commit {commit[:12]}): no parquet file matches the train split's "
+            f"patterns ({', '.join(split.patterns) or 'none'}, from {split.origin}); the "
+            f"revision holds {holds}. {_alternatives(api, repo_id, repo_type)}",
+            exit_code=2,
+        )
+    files = tuple(listed[path] for path in split.paths)
+    return RepoSnapshot(repo_id, repo_type, revision, commit, files, endpoint, split.describe())
+
+
+def _alternatives(api: HfApi, repo_id: str, repo_type: str) -> str:
+    """What to pass instead, naming the parquet refs the repo has (best effort: one call)."""
+    advice = (
+        "Pass --revision refs/convert/parquet (the hub's parquet conversion), a pull-request "
+        "ref that holds parquet (--revision refs/pr/N), or --data_files PATTERN."
+    )
+    try:
+        refs = api.list_repo_refs(repo_id, repo_type=repo_type, include_pull_requests=True)
+    except Exception:  # the advice stands without the list
+        return advice
+    names = [r.ref for r in [*refs.converts, *(refs.pull_requests or [])]]
+    if not names:
+        return "Pass --data_files PATTERN, or a --revision that holds parquet."
+    shown = ", ".join(names[:6]) + (f" and {len(names) - 6} more" if len(names) > 6 else "")
+    return f"{advice} This repo has: {shown}."
 
 
 # -- one file ---------------------------------------------------------------------------------
@@ -326,10 +399,19 @@ def _fetch_into(
         if response.status_code >= 400:
             response.read()  # hf_raise_for_status reads the body for its message
             hf_raise_for_status(response)
-        if offset and response.status_code == 200:  # the server ignored Range: take it all
+        if offset and response.status_code == 206:
+            start = _range_start(response.headers.get("Content-Range", ""))
+            if start == 0:  # the whole file from its start: take it as a 200
+                progress(-offset)
+                offset = 0
+            elif start != offset:  # bytes from elsewhere: appending them would corrupt the file
+                part.unlink()
+                progress(-offset)
+                raise _Retryable(f"the server sent bytes from {start}, not {offset}; starting over")
+        elif offset and response.status_code == 200:  # the server ignored Range: take it all
             progress(-offset)
             offset = 0
-        elif offset and response.status_code != 206:
+        elif offset:
             raise _Retryable(f"unexpected HTTP {response.status_code} to a Range request")
         with part.open("ab" if offset else "wb") as f:
             for chunk in response.iter_bytes():  # as received: a drop loses nothing already read
@@ -343,6 +425,13 @@ def _fetch_into(
             os.fsync(f.fileno())
     if part.stat().st_size != remote.size:
         raise _Retryable(f"body ended at {part.stat().st_size} of {remote.size} bytes")
+
+
+def _range_start(content_range: str) -> int | None:
+    """First byte of a `Content-Range: bytes START-END/TOTAL` answer (None if unreadable)."""
+    unit, _, spec = content_range.strip().partition(" ")
+    start = spec.partition("-")[0]
+    return int(start) if unit == "bytes" and start.isdigit() else None
 
 
 def download_file(
@@ -403,8 +492,7 @@ def download_file(
                     f"Downloading {remote.path}: gave up after {retry.max_retries} retries "
                     f"({_short_reason(exc)}). Re-run the same command later: it resumes."
                 ) from exc
-            _log_retry(f"Downloading {remote.path}", exc, max(failures, 1), retry)
-            pause = retry.wait_seconds(max(failures, 1))
+            pause = _log_retry(f"Downloading {remote.path}", exc, max(failures, 1), retry)
             if stop is not None:
                 if stop.wait(pause):
                     raise KeyboardInterrupt from None
@@ -662,7 +750,21 @@ def add_download_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--revision",
         default="main",
-        help="branch, tag or commit, resolved to one commit per run (default: %(default)s)",
+        help="branch, tag, commit or ref such as refs/pr/1 or refs/convert/parquet, resolved to "
+        "one commit per run (default: %(default)s)",
+    )
+    g.add_argument(
+        "--config_name",
+        default=None,
+        help="config of the dataset card whose train split to download (default: the card's "
+        "default config)",
+    )
+    g.add_argument(
+        "--data_files",
+        action="append",
+        metavar="PATTERN",
+        help="glob of the train shards in the repo, e.g. 'plain_text/train-*' (repeatable); "
+        "overrides the dataset card",
     )
     g.add_argument(
         "--max_retries",
@@ -690,3 +792,16 @@ def retry_policy(args: argparse.Namespace) -> RetryPolicy:
     if args.max_retries < 0 or args.backoff_seconds < 0:
         raise HubDownloadError("--max_retries and --backoff_seconds must be >= 0.", exit_code=2)
     return RetryPolicy(max_retries=args.max_retries, backoff_seconds=args.backoff_seconds)
+
+
+def snapshot_from_args(args: argparse.Namespace) -> tuple[RepoSnapshot, RetryPolicy]:
+    """The train shards the hub and network flags of `add_download_arguments` point to."""
+    retry = retry_policy(args)
+    snapshot = list_snapshot(
+        args.repo_id,
+        args.revision,
+        config_name=args.config_name,
+        data_files=args.data_files,
+        retry=retry,
+    )
+    return snapshot, retry
