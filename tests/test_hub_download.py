@@ -7,10 +7,12 @@ HF_ENDPOINT, and nothing here may reach the real hub.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub_url
+from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 from huggingface_hub.utils import get_session
 
 import hub_download
@@ -21,7 +23,17 @@ from hub_download import (
     download_file,
     list_snapshot,
 )
-from hub_stub import OPENWEBTEXT_REPO, HubStub, hub_fixture, openwebtext_repo  # noqa: F401
+from hub_stub import (  # noqa: F401
+    GPT2_REPO,
+    OPENWEBTEXT_REPO,
+    HubStub,
+    git_blob_oid,
+    gpt2_repo,
+    hub_fixture,
+    lfs_pointer,
+    openwebtext_history_repo,
+    openwebtext_repo,
+)
 
 FAST = RetryPolicy(max_retries=3, backoff_seconds=0.0)
 
@@ -30,16 +42,36 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_stub_answers_the_real_client_like_the_hub(hub):
+def test_stub_answers_the_real_client_like_the_hub(hub, documents):
     """The endpoints and headers huggingface_hub 2.x reads, as the real hub serves them."""
     repo = hub.repo(OPENWEBTEXT_REPO)
     api = HfApi(endpoint=hub.url)
-    assert api.dataset_info(OPENWEBTEXT_REPO, revision="main").sha == repo.commit
-    tree = list(api.list_repo_tree(OPENWEBTEXT_REPO, "data", recursive=True, repo_type="dataset"))
-    assert [f.path for f in tree] == sorted(p for p in repo.entries if p.startswith("data/"))
+    info = api.dataset_info(OPENWEBTEXT_REPO, revision="main")
+    assert info.sha == repo.commit and info.id == OPENWEBTEXT_REPO and info.author == "Skylion007"
+    assert (info.private, info.gated, info.disabled) == (False, False, False)
+    assert info.card_data.configs == [
+        {
+            "config_name": "plain_text",
+            "data_files": [{"split": "train", "path": "plain_text/train-*"}],
+            "default": True,
+        }
+    ]
+    assert info.card_data.license == ["cc0-1.0"]
+    splits = info.card_data.dataset_info["splits"]
+    assert splits[0]["num_examples"] == len(set(documents))  # duplicates dropped
+    assert {s.rfilename for s in info.siblings} == set(repo.entries)
+
+    tree = list(
+        api.list_repo_tree(OPENWEBTEXT_REPO, "plain_text", recursive=True, repo_type="dataset")
+    )
+    assert [f.path for f in tree] == sorted(p for p in repo.entries if p.startswith("plain_text/"))
     for f in tree:
-        assert f.lfs.sha256 == hashlib.sha256(repo.entries[f.path].data).hexdigest()
-        assert f.size == len(repo.entries[f.path].data)
+        data = repo.entries[f.path].data
+        assert f.lfs.sha256 == hashlib.sha256(data).hexdigest()
+        assert f.size == f.lfs.size == len(data)
+        assert f.blob_id == git_blob_oid(lfs_pointer(data))  # git stores the LFS pointer
+        assert f.lfs.pointer_size == len(lfs_pointer(data))
+        assert re.fullmatch("[0-9a-f]{64}", f.xet_hash)
     (info,) = api.get_paths_info(OPENWEBTEXT_REPO, [tree[0].path, "missing"], repo_type="dataset")
     assert info.lfs.sha256 == tree[0].lfs.sha256
 
@@ -50,14 +82,176 @@ def test_stub_answers_the_real_client_like_the_hub(hub):
         tree[0].lfs.sha256,
         tree[0].size,
     )
+    assert meta.xet_file_data is None  # no X-Xet-Hash: the client stays on the LFS route
     assert meta.location.startswith(hub.cdn_url)  # the LFS redirect, not followed by HEAD
     part = get_session().get(url, headers={"Range": "bytes=10-19"}, follow_redirects=True)
     assert part.status_code == 206 and part.content == repo.entries[tree[0].path].data[10:20]
 
+    readme = hf_hub_url(OPENWEBTEXT_REPO, "README.md", repo_type="dataset", endpoint=hub.url)
+    meta = get_hf_file_metadata(readme, endpoint=hub.url)
+    assert meta.etag == git_blob_oid(repo.entries["README.md"].data) and meta.location == readme
+
+
+def test_stub_redirect_and_cdn_headers_are_the_hubs(hub):
+    """The LFS 302 carries the file's metadata; the CDN's answer carries none of it."""
+    repo = hub.repo(OPENWEBTEXT_REPO)
+    path = "plain_text/train-00001-of-00003.parquet"
+    entry = repo.entries[path]
+    url = hf_hub_url(OPENWEBTEXT_REPO, path, repo_type="dataset", endpoint=hub.url)
+    for method in ("HEAD", "GET"):
+        found = get_session().request(method, url, follow_redirects=False)
+        assert found.status_code == 302
+        assert found.headers["X-Linked-Etag"] == f'"{entry.sha256}"'
+        assert found.headers["X-Linked-Size"] == str(len(entry.data))
+        assert found.headers["X-Repo-Commit"] == repo.commit
+        assert "ETag" not in found.headers  # as recorded from huggingface.co
+        assert "X-Xet-Hash" not in found.headers and "Link" not in found.headers
+        assert found.headers["Location"].startswith(hub.cdn_url)
+    assert found.text == f"Found. Redirecting to {found.headers['Location']}"
+
+    cdn = get_session().get(found.headers["Location"], headers={"Range": "bytes=100-"})
+    assert cdn.status_code == 206 and cdn.content == entry.data[100:]
+    assert cdn.headers["Content-Range"] == f"bytes 100-{len(entry.data) - 1}/{len(entry.data)}"
+    for name in ("X-Repo-Commit", "X-Linked-Etag", "X-Linked-Size", "X-Xet-Hash"):
+        assert name not in cdn.headers
+    past = get_session().get(found.headers["Location"], headers={"Range": "bytes=999999999-"})
+    assert past.status_code == 416
+    unsigned = found.headers["Location"].split("?")[0]
+    assert get_session().get(unsigned).status_code == 403  # a signed URL, as CloudFront's
+
+    missing = hf_hub_url(OPENWEBTEXT_REPO, "nope.txt", repo_type="dataset", endpoint=hub.url)
+    gone = get_session().head(missing)
+    assert gone.status_code == 404 and gone.headers["X-Error-Code"] == "EntryNotFound"
+    assert gone.headers["X-Repo-Commit"] == repo.commit
+
+
+def test_stub_tree_pages_like_the_hub(documents):
+    """More entries than a page: a `Link: <...cursor=...>; rel="next"` chain, each entry once."""
+    repo = openwebtext_history_repo(documents)
+    with HubStub([repo], page_size=4) as hub:
+        api = HfApi(endpoint=hub.url)
+        tree = list(api.list_repo_tree(OPENWEBTEXT_REPO, recursive=True, repo_type="dataset"))
+        paths = [entry.path for entry in tree]
+        assert sorted(paths) == sorted([*repo.entries, *repo.folders()])
+        assert len(paths) == len(set(paths)) > 4
+        pages = [r for r in hub.requests if "/tree/" in r.path]
+        assert len(pages) == -(-len(paths) // 4)
+        assert all("cursor=" in r.query for r in pages[1:]) and "cursor=" not in pages[0].query
+        assert all("recursive=true" in r.query for r in pages)
+
+        first = get_session().get(
+            f"{hub.url}/api/datasets/{OPENWEBTEXT_REPO}/tree/main?recursive=true"
+        )
+        assert len(first.json()) == 4 and first.links["next"]["url"].startswith(hub.url)
+        folders = list(api.list_repo_tree(OPENWEBTEXT_REPO, "subsets", repo_type="dataset"))
+        assert len(folders) == 21 and all(f.path.startswith("subsets/") for f in folders)
+
+
+def test_stub_serves_every_revision_by_name_or_commit(documents, tmp_path):
+    """refs/pr/N and refs/convert/parquet, quoted as huggingface_hub quotes them."""
+    repo = openwebtext_history_repo(documents)
+    pr, convert = repo.commit_of("refs/pr/1"), repo.commit_of("refs/convert/parquet")
+    assert len({repo.commit, pr, convert}) == 3 and repo.commit_of("main") == repo.commit
+    with HubStub([repo]) as hub:
+        api = HfApi(endpoint=hub.url)
+        assert api.dataset_info(OPENWEBTEXT_REPO).card_data.get("configs") is None
+        assert "openwebtext.py" in {
+            s.rfilename for s in api.dataset_info(OPENWEBTEXT_REPO).siblings
+        }
+        for name in ("refs/pr/1", pr):
+            info = api.dataset_info(OPENWEBTEXT_REPO, revision=name)
+            assert info.sha == pr
+        listed = api.list_repo_tree(
+            OPENWEBTEXT_REPO, recursive=True, revision=pr, repo_type="dataset"
+        )
+        parquet = sorted(f.path for f in listed if f.path.endswith(".parquet"))
+        assert parquet == ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"]
+        converted = api.list_repo_tree(
+            OPENWEBTEXT_REPO, "plain_text/partial-train", revision="refs/convert/parquet",
+            repo_type="dataset",
+        )  # fmt: skip
+        assert [f.path for f in converted] == [
+            "plain_text/partial-train/0000.parquet",
+            "plain_text/partial-train/0001.parquet",
+        ]
+        local = hf_hub_download(
+            OPENWEBTEXT_REPO, parquet[0], repo_type="dataset", revision="refs/pr/1",
+            endpoint=hub.url, cache_dir=tmp_path,
+        )  # fmt: skip
+        assert sha256(Path(local)) == repo.entries_at("refs/pr/1")[parquet[0]].sha256
+        assert pr in local  # cached under the commit the hub named in X-Repo-Commit
+        assert any("/resolve/refs%2Fpr%2F1/" in r.raw_path for r in hub.requests)
+        assert any("/revision/refs%2Fpr%2F1" in r.raw_path for r in hub.requests)
+
+        refs = api.list_repo_refs(OPENWEBTEXT_REPO, repo_type="dataset", include_pull_requests=True)
+        assert [(r.name, r.ref, r.target_commit) for r in refs.branches] == [
+            ("main", "refs/heads/main", repo.commit)
+        ]
+        assert [(r.name, r.ref, r.target_commit) for r in refs.converts] == [
+            ("parquet", "refs/convert/parquet", convert)
+        ]
+        assert [(r.name, r.ref, r.target_commit) for r in refs.pull_requests] == [
+            ("1", "refs/pr/1", pr)
+        ]
+        assert api.list_repo_refs(OPENWEBTEXT_REPO, repo_type="dataset").pull_requests is None
+
+        with pytest.raises(RevisionNotFoundError):
+            api.dataset_info(OPENWEBTEXT_REPO, revision="refs/pr/2")
+        with pytest.raises(RevisionNotFoundError):
+            hf_hub_download(
+                OPENWEBTEXT_REPO, "README.md", repo_type="dataset", revision="v9",
+                endpoint=hub.url, cache_dir=tmp_path,
+            )  # fmt: skip
+
+
+def test_stub_data_layout_and_model_info(documents, gpt2_tokenizer_dir):
+    """layout="data": shards under data/ and a card without configs; a model's info keys."""
+    repo = openwebtext_repo(documents, num_shards=2, layout="data")
+    assert sorted(p for p in repo.entries if p.endswith(".parquet")) == [
+        "data/train-00000-of-00002.parquet",
+        "data/train-00001-of-00002.parquet",
+    ]
+    with HubStub([repo, gpt2_repo(gpt2_tokenizer_dir)]) as hub:
+        api = HfApi(endpoint=hub.url)
+        card = api.dataset_info(OPENWEBTEXT_REPO).card_data
+        assert card.get("configs") is None and card.license == ["cc0-1.0"]
+        model = api.model_info(GPT2_REPO)
+        assert model.sha == hub.repo(GPT2_REPO, "model").commit
+        assert model.config["model_type"] == "gpt2" and model.library_name == "transformers"
+        sizes = {
+            s.rfilename: s.size for s in api.model_info(GPT2_REPO, files_metadata=True).siblings
+        }
+        assert sizes["tokenizer.json"] == len(
+            hub.repo(GPT2_REPO, "model").entries["tokenizer.json"].data
+        )
+
+
+def test_stub_faults_rate_limit_and_misplaced_range(hub):
+    """A 429 with Retry-After, as the hub's; a 206 that starts elsewhere than asked."""
+    api = HfApi(endpoint=hub.url)
+    hub.inject("status", status=429, headers={"Retry-After": "1"}, on="any")
+    with pytest.raises(HfHubHTTPError) as caught:
+        api.list_repo_refs(OPENWEBTEXT_REPO, repo_type="dataset")
+    response = caught.value.response
+    assert response.status_code == 429 and response.headers["Retry-After"] == "1"
+    assert "rate limit" in response.json()["error"] and "rate limit" in response.headers[
+        "X-Error-Message"
+    ]  # fmt: skip
+
+    path = "plain_text/train-00000-of-00003.parquet"
+    data = hub.repo(OPENWEBTEXT_REPO).entries[path].data
+    url = hf_hub_url(OPENWEBTEXT_REPO, path, repo_type="dataset", endpoint=hub.url)
+    hub.inject("bad_range")
+    bad = get_session().get(url, headers={"Range": "bytes=1000-"}, follow_redirects=True)
+    assert bad.status_code == 206 and bad.content == data
+    assert bad.headers["Content-Range"] == f"bytes 0-{len(data) - 1}/{len(data)}"
+    good = get_session().get(url, headers={"Range": "bytes=1000-"}, follow_redirects=True)
+    assert good.content == data[1000:]  # one fault, one answer
+
 
 def test_hf_hub_download_alone_accepts_same_size_corrupt_bytes(hub, tmp_path):
     """Why hub_download verifies: the library keeps a corrupt file of the right size."""
-    path = "data/train-00000-of-00003.parquet"
+    path = "plain_text/train-00000-of-00003.parquet"
     hub.inject("corrupt")
     local = hf_hub_download(
         OPENWEBTEXT_REPO, path, repo_type="dataset", endpoint=hub.url, cache_dir=tmp_path
@@ -136,3 +330,22 @@ def test_private_repo_token_goes_to_the_hub_but_not_the_cdn(tmp_path, documents,
         hub_get, cdn_get = hub.file_gets()
         assert hub_get.authorization == "Bearer hf_secret"
         assert cdn_get.authorization is None  # cross-origin redirect: httpx dropped it
+
+
+def test_rate_limit_wait_follows_the_hub_and_is_capped():
+    import httpx2
+
+    def answer(status: int, **headers: str) -> HfHubHTTPError:
+        request = httpx2.Request("GET", "http://127.0.0.1/api")
+        return HfHubHTTPError(
+            "x", response=httpx2.Response(status, headers=headers, request=request)
+        )
+
+    # The hub sends RateLimit on every answer: only r=0 says why a 429 came.
+    assert hub_download.server_wait_seconds(answer(429, RateLimit='"api";r=0;t=7')) == 7
+    assert hub_download.server_wait_seconds(answer(429, RateLimit='"api";r=3;t=7')) is None
+    assert hub_download.server_wait_seconds(answer(429, **{"Retry-After": "2"})) == 2
+    assert hub_download.server_wait_seconds(answer(500, **{"Retry-After": "2"})) is None
+    policy = RetryPolicy(backoff_seconds=0.0, max_rate_limit_seconds=60)
+    assert policy.wait_seconds(1, answer(429, RateLimit='"api";r=0;t=3000')) == 60
+    assert policy.wait_seconds(1, answer(429)) == 0.0  # no hint: the usual backoff
