@@ -23,12 +23,23 @@ import pyarrow.parquet as pq
 import pytest
 
 from dataset_layout import DatasetNotFoundError, find_dataset
-from hub_stub import OPENWEBTEXT_REPO, HubStub, hub_fixture, openwebtext_repo  # noqa: F401
+from hub_stub import (  # noqa: F401
+    OPENWEBTEXT_REPO,
+    HubStub,
+    gpt2_repo,
+    hub_fixture,
+    openwebtext_history_repo,
+    openwebtext_repo,
+    script_only_repo,
+)
 from layout_builder import BYTES_PER_TOKEN, choose_documents, read_info
+from scripts import run_script, tiny_model_args
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 FAST = ["--backoff_seconds", "0.01"]
-SHARD_NAMES = [f"train-{i:05d}-of-00003.parquet" for i in range(3)]
+# The real repo's layout: the card's config plain_text names plain_text/train-*.
+SHARD_PATHS = [f"plain_text/train-{i:05d}-of-00003.parquet" for i in range(3)]
+SHARD_NAMES = [path.rsplit("/", 1)[1] for path in SHARD_PATHS]
 
 
 def command(script: str, *args: object) -> list[str]:
@@ -51,11 +62,11 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def served(hub: HubStub) -> dict[str, bytes]:
-    """Shard name -> the bytes the stand-in serves."""
-    entries = hub.repo(OPENWEBTEXT_REPO).entries
+def served(hub: HubStub, revision: str = "main") -> dict[str, bytes]:
+    """Parquet shard name -> the bytes the stand-in serves at `revision`."""
+    entries = hub.repo(OPENWEBTEXT_REPO).entries_at(revision)
     return {
-        path.rsplit("/", 1)[1]: e.data for path, e in entries.items() if path.startswith("data/")
+        path.rsplit("/", 1)[1]: e.data for path, e in entries.items() if path.endswith(".parquet")
     }
 
 
@@ -98,7 +109,7 @@ def test_download_subset_survives_503s_and_a_dropped_connection(hub, env, tmp_pa
     manifest = json.loads((out / "download_manifest.json").read_text())
     assert manifest["repo_id"] == OPENWEBTEXT_REPO
     assert manifest["commit"] == hub.repo(OPENWEBTEXT_REPO).commit
-    record = manifest["files"]["data/train-00000-of-00003.parquet"]
+    record = manifest["files"][SHARD_PATHS[0]]
     assert record["sha256"] == sha256(shard) and record["size"] == shard.stat().st_size
     assert record["local"] == f"shards/{SHARD_NAMES[0]}"
     assert not leftovers(out) and not (out / ".partial").exists()
@@ -182,6 +193,109 @@ def test_private_repo_needs_hf_token_which_is_never_shown(tmp_path, documents):
     assert secret not in ok.stdout + ok.stderr + refused.stderr + wrong.stderr
     for path in out.rglob("*"):
         assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
+# -- where the shards are: the hub's layouts and refs -------------------------------------------
+
+
+def test_data_folder_layout_without_configs_is_found_by_the_conventions(tmp_path, documents):
+    out = tmp_path / "subset"
+    with HubStub([openwebtext_repo(documents, layout="data")]) as hub:
+        result = run(
+            "download_subset.py", "--output_dir", out, "--shard", 2, *FAST,
+            env=hub.env(tmp_path / "h"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        shard = out / "shards" / SHARD_NAMES[2]
+        assert shard.read_bytes() == served(hub)[SHARD_NAMES[2]]
+    assert "3 shards (train split of the default data-files conventions: data/train-" in (
+        result.stdout
+    )
+
+
+def test_a_revision_without_parquet_says_what_it_holds_and_what_to_pass(tmp_path, documents):
+    out = tmp_path / "subset"
+    with HubStub([openwebtext_history_repo(documents)]) as hub:
+        result = run("download_subset.py", "--output_dir", out, *FAST, env=hub.env(tmp_path / "h"))
+        assert hub.file_gets() == []
+    assert result.returncode == 2
+    message = one_line_error(result)
+    assert "holds a loading script (openwebtext.py) and 21 .tar files, no parquet." in message
+    assert "Traceback" not in result.stderr
+    assert "--revision refs/convert/parquet" in message and "--data_files" in message
+    assert "This repo has: refs/convert/parquet, refs/pr/1." in message
+    assert "no such file" not in message
+    assert not out.exists() or not list(out.rglob("*.parquet"))
+
+
+def test_revision_refs_pr_and_refs_convert_parquet(tmp_path, documents):
+    repo = openwebtext_history_repo(documents)
+    with HubStub([repo]) as hub:
+        env = hub.env(tmp_path / "h")
+        pr = run(
+            "download_subset.py", "--output_dir", tmp_path / "pr", "--revision", "refs/pr/1",
+            "--shard", 1, *FAST, env=env,
+        )  # fmt: skip
+        assert pr.returncode == 0, pr.stderr
+        quoted = [r.raw_path for r in hub.requests if r.raw_path.startswith("/api/")]
+        convert = run(
+            "download_subset.py", "--output_dir", tmp_path / "convert",
+            "--revision", "refs/convert/parquet", *FAST, env=env,
+        )  # fmt: skip
+        assert convert.returncode == 0, convert.stderr
+        pr_bytes = served(hub, "refs/pr/1")["train-00001-of-00002.parquet"]
+        convert_bytes = served(hub, "refs/convert/parquet")["0000.parquet"]
+    assert (tmp_path / "pr" / "shards" / "train-00001-of-00002.parquet").read_bytes() == pr_bytes
+    manifest = json.loads((tmp_path / "pr" / "download_manifest.json").read_text())
+    assert manifest["revision"] == "refs/pr/1"
+    assert manifest["commit"] == repo.commit_of("refs/pr/1") != repo.commit
+    assert "/api/datasets/Skylion007/openwebtext/revision/refs%2Fpr%2F1" in quoted
+    assert (tmp_path / "convert" / "shards" / "0000.parquet").read_bytes() == convert_bytes
+    assert "partial-train" in convert.stdout
+
+
+def test_data_files_overrides_the_card(hub, env, tmp_path):
+    out = tmp_path / "subset"
+    pattern = "plain_text/train-0000[12]-*"
+    result = run("download_subset.py", "--output_dir", out, "--data_files", pattern, *FAST, env=env)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [SHARD_NAMES[1]]  # shard 0
+    assert f"2 shards (train split of --data_files: {pattern})" in result.stdout
+
+    nothing = run(
+        "download_subset.py", "--output_dir", out, "--data_files", "nope/*", *FAST, env=env
+    )
+    assert nothing.returncode == 2 and "nope/*, from --data_files" in one_line_error(nothing)
+    unknown = run("download_subset.py", "--output_dir", out, "--config_name", "x", env=env)
+    assert unknown.returncode == 2
+    assert "no config 'x' (it has: plain_text)" in one_line_error(unknown)
+
+
+@pytest.mark.parametrize("start", [0, 1000], ids=["from-0", "elsewhere"])
+def test_a_206_that_starts_elsewhere_is_never_appended(hub, env, tmp_path, start):
+    hub.inject("drop")  # leaves a partial file, so the next request asks for a range
+    hub.inject("bad_range", start=start)
+    out = tmp_path / "subset"
+    result = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+    assert result.returncode == 0, result.stderr
+    assert (out / "shards" / SHARD_NAMES[0]).read_bytes() == served(hub)[SHARD_NAMES[0]]
+    if start:  # useless bytes: thrown away, the file starts over without a Range
+        assert "starting over" in result.stderr
+        assert hub.file_gets()[-1].range is None
+    else:  # the file from byte 0: taken as a 200, no second attempt needed
+        assert "checksum" not in result.stderr
+
+
+def test_a_429_waits_what_the_hub_asks_then_succeeds(hub, env, tmp_path):
+    hub.inject("status", status=429, headers={"Retry-After": "1"}, on="any")
+    out = tmp_path / "subset"
+    result = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+    assert result.returncode == 0, result.stderr
+    first, second = hub.requests[:2]
+    assert first.status == 429 and second.status == 200
+    assert second.at - first.at >= 1.0  # the hub's 1 s, not --backoff_seconds 0.01
+    assert "rate limited: waiting 1 s" in result.stderr and "HF_TOKEN" in result.stderr
+    assert (out / "shards" / SHARD_NAMES[0]).is_file()
 
 
 # -- prepare_subset -------------------------------------------------------------------------------
@@ -291,12 +405,14 @@ def test_prepare_subset_input_errors_are_one_clear_line(tmp_path, content, messa
 # -- download_openwebtext -------------------------------------------------------------------------
 
 
-def test_download_openwebtext_builds_the_layout_through_faults(hub, env, tmp_path):
+def test_download_openwebtext_then_pretrain_through_faults(hub, env, tmp_path, gpt2_tokenizer_dir):
+    """The full path with the default settings: the last shard holds far fewer than 4,000
+    documents, so half of it is held out; then pretrain.py trains on the layout as it is."""
     out = tmp_path / "owt"
     hub.inject("status", times=2, status=503)
     hub.inject("drop")
     hub.inject("corrupt")
-    args = ["--output_dir", out, "--validation_documents", 20, "--max_workers", 2, *FAST]
+    args = ["--output_dir", out, "--max_workers", 2, *FAST]
 
     result = run("download_openwebtext.py", *args, env=env)
 
@@ -305,8 +421,11 @@ def test_download_openwebtext_builds_the_layout_through_faults(hub, env, tmp_pat
     assert [f.name for f in files["train"]] == SHARD_NAMES
     for name in SHARD_NAMES[:2]:  # moved into train/ as downloaded, not rewritten
         assert (out / "train" / name).read_bytes() == served(hub)[name]
+    last_shard = pq.read_table(pa.BufferReader(served(hub)[SHARD_NAMES[-1]]))
+    held_out = last_shard.num_rows // 2
+    assert f"Holding out {held_out:,} documents of {SHARD_PATHS[-1]}" in result.stdout
     train, validation = texts(files["train"]), texts(files["validation"])
-    assert len(validation) == 20 and not set(train) & set(validation)
+    assert len(validation) == held_out and not set(train) & set(validation)
     every_document = [
         text
         for data in served(hub).values()
@@ -318,16 +437,39 @@ def test_download_openwebtext_builds_the_layout_through_faults(hub, env, tmp_pat
     assert info["source"].startswith(OPENWEBTEXT_REPO)
     assert info["commit"] == hub.repo(OPENWEBTEXT_REPO).commit
     assert info["shard_count"].startswith("3 ")
-    assert info["validation"].startswith("20 documents") and info["created"]
-    assert all(f"data/{n}  sha256=" in (out / "dataset_info.txt").read_text() for n in SHARD_NAMES)
+    assert info["validation"].startswith(f"{held_out} documents") and info["created"]
+    assert all(f"{p}  sha256=" in (out / "dataset_info.txt").read_text() for p in SHARD_PATHS)
+    assert info["files"] == (
+        "train split of config 'plain_text' of the dataset card: plain_text/train-*"
+    )
     manifest = json.loads((out / "download_manifest.json").read_text())
-    assert manifest["files"][f"data/{SHARD_NAMES[0]}"]["local"] == f"train/{SHARD_NAMES[0]}"
+    assert manifest["files"][SHARD_PATHS[0]]["local"] == f"train/{SHARD_NAMES[0]}"
     assert not leftovers(out)
     assert not (out / ".building").exists() and not (out / ".partial").exists()
 
     hub.clear_log()
     again = run("download_openwebtext.py", *args, env=env)
     assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert hub.file_gets() == []
+
+    trained = run_script(
+        "pretrain.py", "--data_dir", out, "--output_dir", tmp_path / "checkpoints",
+        *tiny_model_args(gpt2_tokenizer_dir), "--batch_size", 8, "--eval_max_batches", 2,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "checkpoint_epoch_1.pt").is_file()
+
+
+def test_download_openwebtext_refuses_a_hold_out_the_shard_cannot_give(hub, env, tmp_path):
+    args = ["--output_dir", tmp_path / "owt", *FAST]
+    refused = run("download_openwebtext.py", *args, "--validation_documents", 4000, env=env)
+    assert refused.returncode == 2
+    assert "Cannot hold out 4000 validation documents" in one_line_error(refused)
+    with pytest.raises(DatasetNotFoundError):
+        find_dataset(tmp_path / "owt")
+    hub.clear_log()
+    default = run("download_openwebtext.py", *args, env=env)  # nothing is downloaded again
+    assert default.returncode == 0, default.stderr
     assert hub.file_gets() == []
 
 
@@ -378,15 +520,23 @@ def test_download_openwebtext_checks_disk_space_before_downloading(hub, env, tmp
 
 
 def test_quick_start_download_prepare_pretrain(hub, env, tmp_path):
+    """The guide's first path on the real layout, through faults, with pretrain.py's defaults
+    (the tokenizer comes from the hub too); re-runs download and rewrite nothing."""
     data, checkpoints = tmp_path / "data", tmp_path / "checkpoints"
-    downloaded = run("download_subset.py", "--output_dir", data, env=env)
+    hub.inject("status", times=2, status=503, on="any")
+    hub.inject("drop")
+    hub.inject("corrupt")
+    downloaded = run("download_subset.py", "--output_dir", data, *FAST, env=env)
     assert downloaded.returncode == 0, downloaded.stderr
-    prepared = run(
-        "prepare_subset.py",
-        "--data_dir", data, "--target_tokens", 2_000, "--validation_documents", 5,
-        env=env,
-    )  # fmt: skip
+    assert (data / "shards" / SHARD_NAMES[0]).read_bytes() == served(hub)[SHARD_NAMES[0]]
+    assert [r.status for r in hub.file_gets() if "/resolve/" in r.path][-1] == 302  # CDN
+    prepare = ["--data_dir", data, "--target_tokens", 2_000, "--validation_documents", 5]
+    prepared = run("prepare_subset.py", *prepare, env=env)
     assert prepared.returncode == 0, prepared.stderr
+    hub.clear_log()
+    assert run("download_subset.py", "--output_dir", data, env=env).returncode == 0
+    assert "nothing to do" in run("prepare_subset.py", *prepare, env=env).stdout
+    assert hub.file_gets() == []
 
     trained = run(
         "pretrain.py",

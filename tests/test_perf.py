@@ -226,11 +226,16 @@ def test_autocast_context():
 
 
 def test_peak_memory_on_cpu():
+    import mmap
+
     perf.reset_peak_memory("cpu")
     base = perf.cpu_rss_bytes()
-    block = torch.ones(32 << 20, dtype=torch.uint8)  # 32 MiB, touched
+    # 32 MiB of fresh pages, touched: a malloc'd block could reuse pages already resident
+    # (after tune_cpu_allocator ran in this process, freed blocks stay in the heap).
+    block = mmap.mmap(-1, 32 << 20)
+    block.write(b"\1" * (32 << 20))
     peak = perf.peak_memory_bytes("cpu")
-    del block
+    block.close()
     assert peak >= base + (30 << 20)
 
 
