@@ -168,8 +168,8 @@ def text_batches(files: list[str]):
     """The non-empty texts of each parquet record batch, as the token cache reads them."""
     import pyarrow.parquet as pq
 
-    import token_cache
-    from dataset_layout import TEXT_COLUMN
+    from owt import token_cache
+    from owt.dataset_layout import TEXT_COLUMN
 
     batch_size = getattr(token_cache, "READ_BATCH_DOCUMENTS", 1024)
     for path in files:
@@ -180,7 +180,7 @@ def text_batches(files: list[str]):
 
 def measure_raw(files: list[str], tokenizer: str, hf_sample_mb: float) -> dict[str, Any]:
     """tiktoken encode_ordinary_batch on every text; transformers on the first hf_sample_mb."""
-    from tokenization import hf_encode_batch, load_encoder
+    from owt.tokenization import hf_encode_batch, load_encoder
 
     encoder = load_encoder(tokenizer)
     encoding = encoder.tiktoken_encoding
@@ -213,8 +213,8 @@ def measure_build(files: list[str], tokenizer: str, dest: str) -> dict[str, Any]
     """build_token_cache end to end, its time split, CPU use and peak RSS."""
     import numpy as np
 
-    import token_cache
-    from tokenization import load_encoder
+    from owt import token_cache
+    from owt.tokenization import load_encoder
 
     encoder = load_encoder(tokenizer)
     timer = Timer()
@@ -316,7 +316,7 @@ def fastest(runs: list[dict[str, Any]], speed) -> dict[str, Any]:
 
 def benchmark(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.data_dir:
-        from dataset_layout import split_files
+        from owt.dataset_layout import split_files
 
         files, generated = split_files(args.data_dir, "train"), False
         if not files:

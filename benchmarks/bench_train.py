@@ -54,7 +54,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "train"))
 
-import perf  # noqa: E402  (tune the allocator before torch allocates anything large)
+from owt import perf  # noqa: E402  (tune the allocator before torch allocates anything large)
 
 DEFAULT_SHAPES = ["4x256x256x8", "6x384x256x8", "12x768x256x4"]
 REAL_VOCAB = 50257
@@ -304,7 +304,7 @@ def make_get_batch(path: Path, batch_size: int, seq_len: int, device: Any, seed:
 def make_optimizer(model: Any, device: Any, impl: str) -> Any:
     import torch
 
-    from optim import BETAS, build_optimizer, param_groups
+    from owt.optim import BETAS, build_optimizer, param_groups
 
     if impl == "auto":  # what pretrain.py uses
         optimizer = build_optimizer(model, 6e-4, 0.1, device.type)

@@ -57,7 +57,7 @@ def inject(fault: str) -> None:
 
         model.LlamaForTraining.forward = oom_forward
     elif kind == "enospc":
-        target = importlib.import_module(spec)
+        target = importlib.import_module(f"owt.{spec}")
         real_fdopen = os.fdopen
 
         class FullDisk(io.RawIOBase):
@@ -110,7 +110,7 @@ def inject(fault: str) -> None:
         model.LlamaForTraining.forward = signalling_forward
     elif kind == "hang_save":
         count, marker = spec.split(":", 1)
-        import checkpointing
+        from owt import checkpointing
 
         real_save = torch.save
         calls = {"n": 0}

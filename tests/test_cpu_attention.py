@@ -2,9 +2,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import cpu_attention
-from cpu_attention import causal_attention
 from model import LlamaForTraining, ModelConfig
+from owt import cpu_attention
+from owt.cpu_attention import causal_attention
 
 
 def attention_and_grads(fn, q, k, v, grad_out):

@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dataset_layout import DatasetNotFoundError, find_dataset
 from hub_stub import (  # noqa: F401
     OPENWEBTEXT_REPO,
     HubStub,
@@ -32,7 +31,8 @@ from hub_stub import (  # noqa: F401
     openwebtext_repo,
     script_only_repo,
 )
-from layout_builder import BYTES_PER_TOKEN, choose_documents, read_info
+from owt.dataset_layout import DatasetNotFoundError, find_dataset
+from owt.layout_builder import BYTES_PER_TOKEN, choose_documents, read_info
 from scripts import run_script, tiny_model_args
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"

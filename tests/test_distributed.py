@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pretrain import scalars
 
-import perf
-from checkpointing import model_from_checkpoint
+from owt import perf
+from owt.checkpointing import model_from_checkpoint
 from same_run import (
     REL_SPLIT,
     assert_close_values,
@@ -24,6 +23,7 @@ from same_run import (
     read_checkpoint,
 )
 from scripts import REPO, tiny_model_args
+from test_pretrain import scalars
 from textdata import write_layout
 
 SAVE_AT = 10  # checkpoint_last.pt is step 10 of the 17 in the epoch: resumes run 7 steps

@@ -14,14 +14,14 @@ import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
-import generate
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from checkpointing import model_from_checkpoint, save_checkpoint
+import generate
 from model import KVCache, LlamaForTraining, ModelConfig
-from sampling import (
+from owt.checkpointing import model_from_checkpoint, save_checkpoint
+from owt.sampling import (
     TextStream,
     check_sampling_args,
     generate_ids,

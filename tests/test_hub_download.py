@@ -15,14 +15,6 @@ from huggingface_hub import HfApi, get_hf_file_metadata, hf_hub_download, hf_hub
 from huggingface_hub.errors import HfHubHTTPError, RevisionNotFoundError
 from huggingface_hub.utils import get_session
 
-import hub_download
-from hub_download import (
-    DownloadManifest,
-    HubDownloadError,
-    RetryPolicy,
-    download_file,
-    list_snapshot,
-)
 from hub_stub import (  # noqa: F401
     GPT2_REPO,
     OPENWEBTEXT_REPO,
@@ -33,6 +25,14 @@ from hub_stub import (  # noqa: F401
     lfs_pointer,
     openwebtext_history_repo,
     openwebtext_repo,
+)
+from owt import hub_download
+from owt.hub_download import (
+    DownloadManifest,
+    HubDownloadError,
+    RetryPolicy,
+    download_file,
+    list_snapshot,
 )
 
 FAST = RetryPolicy(max_retries=3, backoff_seconds=0.0)

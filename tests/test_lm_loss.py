@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lm_loss import linear_cross_entropy
 from model import LlamaForTraining, ModelConfig
+from owt.lm_loss import linear_cross_entropy
 
 
 def loss_and_grads(loss_fn, hidden, weight, targets, autocast_dtype=None):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import perf
 from model import LlamaForTraining, ModelConfig
+from owt import perf
 from same_run import assert_same_update
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def batch(vocab: int = 300, B: int = 2, T: int = 16, seed: int = 1):
 
 RSS_PROBE = """
 import sys; sys.path.insert(0, {train!r})
-import perf
+from owt import perf
 tuned = perf.tune_cpu_allocator()
 assert perf.tune_cpu_allocator() == tuned  # idempotent
 before = perf.cpu_rss_bytes()
@@ -92,7 +92,7 @@ def test_tune_cpu_allocator_keeps_freed_memory_in_the_process():
 
 THP_PROBE = """
 import sys; sys.path.insert(0, {train!r})
-import perf
+from owt import perf
 perf.tune_cpu_allocator()
 import torch
 block = torch.ones(64 << 18)  # 64 MiB through torch's CPU allocator, touched
@@ -153,7 +153,7 @@ def test_model_flops_match_a_flop_counter(monkeypatch):
     which the counter knows, rather than cpu_attention's batched matmuls."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    import cpu_attention
+    from owt import cpu_attention
 
     monkeypatch.setattr(cpu_attention, "suits", lambda q: False)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import perf
+from owt import perf
 from same_run import assert_same_update, initial_weights, read_checkpoint
 from scripts import last_line, run_script, tiny_model_args
 from textdata import english_documents, save_gpt2_tokenizer, write_layout

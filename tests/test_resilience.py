@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_pretrain import scalars
 
 from same_run import assert_same_update, initial_weights, read_checkpoint
 from scripts import REPO, run_script, run_with_fault, tiny_model_args
+from test_pretrain import scalars
 from textdata import write_layout
 
 

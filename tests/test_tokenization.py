@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tokenization
-from tokenization import (
+from owt import tokenization
+from owt.tokenization import (
     NotByteLevelBPE,
     TextEncoder,
     backend_spec,

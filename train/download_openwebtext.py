@@ -30,8 +30,8 @@ import os
 import shutil
 from pathlib import Path
 
-from dataset_layout import run_script
-from hub_download import (
+from owt.dataset_layout import run_script
+from owt.hub_download import (
     MANIFEST_FILE,
     PARTIAL_DIR,
     DownloadManifest,
@@ -42,7 +42,7 @@ from hub_download import (
     format_bytes,
     snapshot_from_args,
 )
-from layout_builder import (
+from owt.layout_builder import (
     LayoutError,
     carve_done,
     carve_validation,

@@ -19,8 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dataset_layout import run_script
-from hub_download import (
+from owt.dataset_layout import run_script
+from owt.hub_download import (
     MANIFEST_FILE,
     PARTIAL_DIR,
     DownloadManifest,
@@ -30,7 +30,7 @@ from hub_download import (
     format_bytes,
     snapshot_from_args,
 )
-from layout_builder import SHARDS_DIR
+from owt.layout_builder import SHARDS_DIR
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-from checkpointing import model_from_checkpoint
 from model import LlamaForTraining, ModelConfig
-from sampling import (
+from owt.checkpointing import model_from_checkpoint
+from owt.sampling import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,

@@ -13,8 +13,8 @@ import sys
 
 import torch
 
-from checkpointing import model_from_checkpoint
-from sampling import (
+from owt.checkpointing import model_from_checkpoint
+from owt.sampling import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_K,

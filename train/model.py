@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-import cpu_attention
-from lm_loss import linear_cross_entropy
+from owt import cpu_attention
+from owt.lm_loss import linear_cross_entropy
 
 
 @dataclass

@@ -23,9 +23,9 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from dataset_layout import run_script
-from hub_download import MANIFEST_FILE, DownloadManifest, format_bytes
-from layout_builder import (
+from owt.dataset_layout import run_script
+from owt.hub_download import MANIFEST_FILE, DownloadManifest, format_bytes
+from owt.layout_builder import (
     BYTES_PER_TOKEN,
     SHARDS_DIR,
     VALIDATION_FILE,

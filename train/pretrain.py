@@ -20,20 +20,19 @@ from pathlib import Path
 
 import torch
 
-import distributed
-import perf
-from checkpointing import (
+from model import LlamaForTraining, ModelConfig
+from owt import distributed, perf
+from owt.checkpointing import (
     CheckpointError,
     load_checkpoint,
     remove_stale_temp_files,
     resumable_checkpoints,
 )
-from dataset_layout import DatasetNotFoundError, find_dataset
-from model import LlamaForTraining, ModelConfig
-from token_cache import DatasetFileError, load_or_build_token_cache
-from token_windows import TokenWindows
-from tokenization import TokenizerLoadError, load_encoder
-from trainer import Trainer, TrainingFailed, UsageError, is_out_of_memory, out_of_memory_advice
+from owt.dataset_layout import DatasetNotFoundError, find_dataset
+from owt.token_cache import DatasetFileError, load_or_build_token_cache
+from owt.token_windows import TokenWindows
+from owt.tokenization import TokenizerLoadError, load_encoder
+from owt.trainer import Trainer, TrainingFailed, UsageError, is_out_of_memory, out_of_memory_advice
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 

@@ -55,8 +55,8 @@ from huggingface_hub.utils import (
 )
 from tqdm.auto import tqdm
 
-from dataset_layout import DataScriptError
-from hub_data_files import (
+from owt.dataset_layout import DataScriptError
+from owt.hub_data_files import (
     PARQUET_SUFFIX,
     DataFilesError,
     describe_revision,

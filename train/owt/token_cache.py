@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from dataset_layout import TEXT_COLUMN
-from tokenization import TextEncoder
+from owt.dataset_layout import TEXT_COLUMN
+from owt.tokenization import TextEncoder
 
 CACHE_DIRNAME = "token_cache"
 META_FILE = "meta.json"

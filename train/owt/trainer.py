@@ -22,18 +22,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-import distributed
-from checkpointing import (
+from model import ModelConfig
+from owt import distributed
+from owt.checkpointing import (
     resumable_checkpoints,
     save_checkpoint,
     signature_differences,
 )
-from metrics import Metrics
-from model import ModelConfig
-from optim import build_optimizer, learning_rate_at
-from sampling import sample_text
-from token_cache import TokenCache
-from token_windows import EpochSampler, micro_batches
+from owt.metrics import Metrics
+from owt.optim import build_optimizer, learning_rate_at
+from owt.sampling import sample_text
+from owt.token_cache import TokenCache
+from owt.token_windows import EpochSampler, micro_batches
 
 
 class UsageError(Exception):

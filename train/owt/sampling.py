@@ -14,7 +14,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from model import KVCache, LlamaForTraining
-from tokenization import TokenizerLoadError
+from owt.tokenization import TokenizerLoadError
 
 # generate.py's flag defaults; export_hf.py writes the same into generation_config.json.
 DEFAULT_MAX_NEW_TOKENS = 200

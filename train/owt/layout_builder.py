@@ -36,8 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dataset_layout import INFO_FILE, SPLITS, TEXT_COLUMN, DataScriptError, split_files
-from token_cache import token_dtype
+from owt.dataset_layout import INFO_FILE, SPLITS, TEXT_COLUMN, DataScriptError, split_files
+from owt.token_cache import token_dtype
 
 BUILD_DIR = ".building"
 SHARDS_DIR = "shards"  # download_subset.py saves shards here, prepare_subset.py reads them
