@@ -24,7 +24,7 @@ A shape is LAYERSxWIDTHxSEQxBATCH (heads = WIDTH/64). Each shape runs in a fresh
      memory (CPU: peak RSS, also minus the RSS before the model was built).
 
 MFU = model FLOPs/token x tokens/s / peak, with model FLOPs/token = 6N + 12*L*H*Q*T
-(train/perf.py:model_flops_per_token: N = all weights, tied embedding counted once as the LM
+(measure.py:model_flops_per_token: N = all weights, tied embedding counted once as the LM
 head; the real vocabulary 50257 even when --pad_vocab pads it). "mfu" is the median over the
 timed steps of each step's FLOP/s divided by the peak measured right after that step: a shared
 VM's speed drifts by a few percent within a run (as do turbo clocks), and pairing cancels that.
@@ -54,7 +54,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "train"))
 
-from owt import perf  # noqa: E402  (tune the allocator before torch allocates anything large)
+import measure  # noqa: E402
+from measure import ForeignMeter, wait_for_idle  # noqa: E402
+from owt import devices  # noqa: E402  (tune the allocator before torch allocates anything large)
+from owt.config import add_flags  # noqa: E402
 
 DEFAULT_SHAPES = ["4x256x256x8", "6x384x256x8", "12x768x256x4"]
 REAL_VOCAB = 50257
@@ -74,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 | auto (autocast dtype)")
-    perf.add_compile_argument(p)
+    add_flags(p, "compile")
     p.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="LAYERSxWIDTHxSEQxBATCH")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -110,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no_allocator_tuning",
         action="store_true",
-        help="glibc malloc defaults, no huge pages (skip perf.tune_cpu_allocator)",
+        help="glibc malloc defaults, no huge pages (skip devices.tune_cpu_allocator)",
     )
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: default)")
     p.add_argument("--no_peak", action="store_true", help="skip the matmul peak measurement")
@@ -208,66 +211,6 @@ def padded_vocab_forward(
 # --------------------------------------------------------------------------------------------
 
 
-def cpu_busy_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole machine from /proc/stat; (0, 0) if unavailable."""
-    try:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0, 0
-    total = sum(values[:8])
-    return total - values[3] - values[4], total  # minus idle and iowait
-
-
-class ForeignMeter:
-    """Share of the machine's CPU time used by other processes between start() and stop().
-
-    Machine busy time from /proc/stat minus this process's own CPU time (all its threads),
-    over wall time x CPUs. On a shared box a step with more than a few percent is disturbed:
-    the benchmark keeps only clean steps when it can.
-    """
-
-    def __init__(self) -> None:
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.start()
-
-    def start(self) -> None:
-        self.jiffies, self.own = cpu_busy_jiffies(), os.times()
-
-    def stop(self) -> float:
-        (b0, t0), (b1, t1), own1 = self.jiffies, cpu_busy_jiffies(), os.times()
-        if t1 <= t0:
-            return 0.0
-        own = (own1.user - self.own.user) + (own1.system - self.own.system)
-        return max(0.0, ((b1 - b0) / self.tick - own) / ((t1 - t0) / self.tick))
-
-
-def wait_for_idle(max_wait_s: float, threshold: float = 0.15, window_s: float = 2.0) -> float:
-    """Wait (up to max_wait_s) until the machine is at most `threshold` busy over `window_s`.
-
-    Returns the busy fraction of the last window. On a shared 2-core box another process's
-    tests make OpenMP threads wait on each other and slow every step severalfold.
-    """
-    import random
-
-    deadline = time.monotonic() + max_wait_s
-
-    def busy_over(seconds: float) -> float:
-        b0, t0 = cpu_busy_jiffies()
-        time.sleep(seconds)
-        b1, t1 = cpu_busy_jiffies()
-        return (b1 - b0) / max(1, t1 - t0)
-
-    while True:
-        busy = busy_over(window_s)
-        if busy <= threshold:
-            # Others may be waiting for the same idle moment: back off a random while, recheck.
-            time.sleep(random.uniform(0, 5))
-            busy = busy_over(1.0)
-        if busy <= threshold or time.monotonic() >= deadline:
-            return busy
-
-
 def make_token_file(folder: Path, n_tokens: int, vocab: int, seed: int = 0) -> Path:
     import numpy as np
 
@@ -316,7 +259,7 @@ def make_optimizer(model: Any, device: Any, impl: str) -> Any:
 
 def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]:
     """Benchmark one shape in this process; return the result dict."""
-    tuned = False if args.no_allocator_tuning else perf.tune_cpu_allocator()
+    tuned = False if args.no_allocator_tuning else devices.tune_cpu_allocator()
     import torch
 
     from model import LlamaForTraining, ModelConfig
@@ -331,8 +274,8 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
         )
     else:
         device = torch.device(args.device)
-    perf.setup_backend(device, args.threads or None)
-    dtype = perf.resolve_dtype(device, args.dtype)
+    devices.setup_backend(device, args.threads or None)
+    dtype = devices.resolve_dtype(device, args.dtype)
     L, d, T, B = shape["num_layers"], shape["hidden_size"], shape["seq_len"], shape["batch_size"]
     steps = args.steps or 10
 
@@ -342,7 +285,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
         meter = ForeignMeter()
         for _ in range(tries):
             meter.start()
-            flops = perf.measure_matmul_peak(device, peak_dtype, repeats=1, min_seconds=0.3)
+            flops = measure.measure_matmul_peak(device, peak_dtype, repeats=1, min_seconds=0.3)
             (clean if meter.stop() <= args.clean_threshold else dirty).append(flops)
             if len(clean) >= wanted:
                 break
@@ -360,8 +303,8 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
     if args.pad_vocab:
         vocab = -(-REAL_VOCAB // args.pad_vocab) * args.pad_vocab
     torch.manual_seed(0)
-    perf.reset_peak_memory(device)
-    rss_base = perf.cpu_rss_bytes()
+    devices.reset_peak_memory(device)
+    rss_base = devices.cpu_rss_bytes()
     config = ModelConfig(
         vocab_size=vocab,
         hidden_size=d,
@@ -381,7 +324,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
             return padded_vocab_forward(model, x, y, REAL_VOCAB, args.pad_mode)
         return model(x, y)[1]
 
-    compiled = perf.resolve_compile(device, args.compile)
+    compiled = devices.resolve_compile(device, args.compile)
     if compiled:
         loss_fn = torch.compile(loss_fn)
 
@@ -399,24 +342,24 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
         step = 0
         while step < args.warmup + max_steps:
             if step == args.warmup:
-                perf.synchronize(device)
+                devices.synchronize(device)
                 cpu0, wall0 = os.times(), time.perf_counter()
                 if step:
                     t_compile = time.perf_counter() - t_compile
             meter.start()
             t0 = time.perf_counter()
             x, y = get_batch()
-            perf.synchronize(device)
+            devices.synchronize(device)
             t1 = time.perf_counter()
-            with perf.autocast_context(device, dtype):
+            with devices.autocast(device, dtype):
                 loss = loss_fn(x, y)
             loss.backward()
-            perf.synchronize(device)
+            devices.synchronize(device)
             t2 = time.perf_counter()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            perf.synchronize(device)
+            devices.synchronize(device)
             t3 = time.perf_counter()
             losses.append(loss.detach())
             if step >= args.warmup:
@@ -427,7 +370,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
                 if not args.no_peak:
                     c0, w0 = os.times(), time.perf_counter()
                     meter.start()
-                    flops = perf.measure_matmul_peak(device, dtype, repeats=3, min_seconds=0.1)
+                    flops = measure.measure_matmul_peak(device, dtype, repeats=3, min_seconds=0.1)
                     step_peaks.append(flops if meter.stop() <= args.clean_threshold else None)
                     peak_wall += time.perf_counter() - w0
                     c1 = os.times()
@@ -440,7 +383,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
         cpu1 = os.times()
 
     # The real vocabulary, so --pad_vocab never inflates MFU.
-    flops_per_token = perf.model_flops_per_token(replace(config, vocab_size=REAL_VOCAB), T)
+    flops_per_token = measure.model_flops_per_token(replace(config, vocab_size=REAL_VOCAB), T)
     # Statistics over the clean steps if at least 3 were clean, else over all (flagged).
     clean = [i for i, f in enumerate(foreign) if f <= args.clean_threshold]
     use = clean if len(clean) >= 3 else list(range(len(foreign)))
@@ -451,7 +394,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
     paired_mfu = [B * T * flops_per_token / step_s / peak for step_s, peak in pairs]
     times = {k: [v[i] for i in use] for k, v in times.items()}
 
-    peak_mem = perf.peak_memory_bytes(device)
+    peak_mem = devices.peak_memory_bytes(device)
     peak_after = {} if args.no_peak else peaks()
     tokens_per_step = B * T
     step_med = median(times["step"])
@@ -535,7 +478,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
             result["mfu_vs_fp32_peak"] = round(
                 achieved / (result["matmul_peak_tflops_fp32"] * 1e12), 4
             )
-    vendor = perf.vendor_peak_flops(device, dtype)
+    vendor = measure.vendor_peak_flops(device, dtype)
     if vendor:
         result["vendor_peak_tflops"] = vendor / 1e12
         result["mfu_vs_vendor_peak"] = round(achieved / vendor, 4)
@@ -566,7 +509,7 @@ def loss_curves(args: argparse.Namespace) -> dict[str, Any]:
     AdamW lr 1e-3, 10 warmup steps then cosine to 1e-4, grad clip 1.0. Returns per-step train
     losses, validation losses every 25 steps and the median step time for each dtype.
     """
-    tuned = False if args.no_allocator_tuning else perf.tune_cpu_allocator()
+    tuned = False if args.no_allocator_tuning else devices.tune_cpu_allocator()
     import math
 
     import numpy as np
@@ -575,7 +518,7 @@ def loss_curves(args: argparse.Namespace) -> dict[str, Any]:
     from model import LlamaForTraining, ModelConfig
 
     device = torch.device("cpu" if args.device == "auto" else args.device)
-    perf.setup_backend(device, args.threads or None)
+    devices.setup_backend(device, args.threads or None)
     shape = parse_shape(args.shapes[0] if args.shapes != DEFAULT_SHAPES else "4x256x256x8")
     L, d, T, B = shape["num_layers"], shape["hidden_size"], shape["seq_len"], shape["batch_size"]
     tokens = english_tokens()
@@ -602,7 +545,7 @@ def loss_curves(args: argparse.Namespace) -> dict[str, Any]:
         return 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * progress))
 
     for name in args.compare_dtypes:
-        dtype = perf.resolve_dtype(device, name)
+        dtype = devices.resolve_dtype(device, name)
         torch.manual_seed(args.seed)
         config = ModelConfig(
             hidden_size=d, num_layers=L, num_heads=d // 64, max_position_embeddings=max(T, 1024)
@@ -612,7 +555,7 @@ def loss_curves(args: argparse.Namespace) -> dict[str, Any]:
 
         def evaluate(model=model, dtype=dtype) -> float:
             model.eval()
-            with torch.no_grad(), perf.autocast_context(device, dtype):
+            with torch.no_grad(), devices.autocast(device, dtype):
                 xs = torch.stack([val[i : i + T + 1] for i in val_starts]).to(device)
                 loss = model(xs[:, :-1], xs[:, 1:])[1].item()
             model.train()
@@ -624,7 +567,7 @@ def loss_curves(args: argparse.Namespace) -> dict[str, Any]:
                 group["lr"] = lr_at(step)
             t0 = time.perf_counter()
             xy = torch.stack([train[i : i + T + 1] for i in starts[step]]).to(device)
-            with perf.autocast_context(device, dtype):
+            with devices.autocast(device, dtype):
                 loss = model(xy[:, :-1], xy[:, 1:])[1]
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

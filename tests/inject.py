@@ -17,6 +17,7 @@ import errno
 import importlib
 import io
 import os
+import runpy
 import sys
 import time
 from pathlib import Path
@@ -133,7 +134,6 @@ def inject(fault: str) -> None:
 
 if __name__ == "__main__":
     inject(sys.argv[1])
-    import pretrain
-
-    sys.argv = ["pretrain.py", *sys.argv[2:]]
-    sys.exit(pretrain.main(sys.argv[1:]))
+    script = Path(__file__).resolve().parents[1] / "train" / "pretrain.py"
+    sys.argv = [str(script), *sys.argv[2:]]
+    runpy.run_path(str(script), run_name="__main__")  # the real script, with the fault in place

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from owt import perf
+from owt import devices
 from owt.checkpointing import model_from_checkpoint
 from same_run import (
     REL_SPLIT,
@@ -129,7 +129,7 @@ DDP_ACCUMULATING = [
 ]  # fmt: skip
 
 
-@pytest.mark.skipif(perf.cxx_compiler() is None, reason="inductor needs a C++ compiler")
+@pytest.mark.skipif(devices.cxx_compiler() is None, reason="inductor needs a C++ compiler")
 @pytest.mark.parametrize("extra", [DDP_ACCUMULATING, ["--fsdp"]], ids=["ddp", "fsdp"])
 def test_compiled_two_ranks_match_one_eager_rank(
     extra, one_rank, start, data, gpt2_tokenizer_dir, tmp_path

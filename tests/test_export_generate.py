@@ -178,8 +178,13 @@ def test_cached_decode_equals_uncached_decode(model: LlamaForTraining, tokenizer
     assert len(set(runs[0])) > 10  # not one token repeated
 
 
+def sample_ids(argv: list[str]) -> list[list[int]]:
+    """generate.py in-process: the token ids of each sample it prints."""
+    return generate.generate(generate.parse_args(argv))
+
+
 def test_generate_greedy_equals_transformers_generate(checkpoint: Path, hf_model, tokenizer):
-    ours = generate.main(
+    ours = sample_ids(
         ["--checkpoint", str(checkpoint), "--prompt", PROMPT]
         + ["--temperature", "0", "--max_new_tokens", "20"]
     )[0]
@@ -212,8 +217,8 @@ def test_generate_stops_at_eos_and_seed_repeats(checkpoint: Path, model, tokeniz
     assert stopped == greedy[: greedy.index(greedy[3]) + 1]
 
     args = ["--checkpoint", str(checkpoint), "--prompt", PROMPT, "--max_new_tokens", "12"]
-    first = generate.main([*args, "--seed", "1", "--num_samples", "2"])
-    assert first == generate.main([*args, "--seed", "1", "--num_samples", "2"])
+    first = sample_ids([*args, "--seed", "1", "--num_samples", "2"])
+    assert first == sample_ids([*args, "--seed", "1", "--num_samples", "2"])
     assert first[0] != first[1]  # successive samples continue the generator
 
 

@@ -1,4 +1,4 @@
-"""Tests of train/perf.py and of the numerics of every speed trick benchmarks/bench_train.py
+"""Tests of train/devices.py and of the numerics of every speed trick benchmarks/bench_train.py
 measures (vocab padding, fused QKV, gradient checkpointing, bf16 autocast, fused AdamW)."""
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import measure
 from model import LlamaForTraining, ModelConfig
-from owt import perf
+from owt import devices
 from same_run import assert_same_update
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,13 +52,13 @@ def batch(vocab: int = 300, B: int = 2, T: int = 16, seed: int = 1):
 
 RSS_PROBE = """
 import sys; sys.path.insert(0, {train!r})
-from owt import perf
-tuned = perf.tune_cpu_allocator()
-assert perf.tune_cpu_allocator() == tuned  # idempotent
-before = perf.cpu_rss_bytes()
+from owt import devices
+tuned = devices.tune_cpu_allocator()
+assert devices.tune_cpu_allocator() == tuned  # idempotent
+before = devices.cpu_rss_bytes()
 block = bytearray(256 << 20)  # 256 MiB, touched (zeroed)
 del block
-print(tuned, (perf.cpu_rss_bytes() - before) >> 20)
+print(tuned, (devices.cpu_rss_bytes() - before) >> 20)
 """
 
 
@@ -92,8 +93,8 @@ def test_tune_cpu_allocator_keeps_freed_memory_in_the_process():
 
 THP_PROBE = """
 import sys; sys.path.insert(0, {train!r})
-from owt import perf
-perf.tune_cpu_allocator()
+from owt import devices
+devices.tune_cpu_allocator()
 import torch
 block = torch.ones(64 << 18)  # 64 MiB through torch's CPU allocator, touched
 rollup = open("/proc/self/smaps_rollup").read()
@@ -122,10 +123,10 @@ def test_tune_cpu_allocator_asks_for_huge_pages():
 
 
 def test_tune_cpu_allocator_is_a_safe_no_op_elsewhere(monkeypatch):
-    monkeypatch.setattr(perf, "_allocator_tuned", None)
-    monkeypatch.setattr(perf.sys, "platform", "darwin")
-    assert perf.tune_cpu_allocator() is False
-    monkeypatch.setattr(perf, "_allocator_tuned", None)  # let a later call re-evaluate
+    monkeypatch.setattr(devices, "_allocator_tuned", None)
+    monkeypatch.setattr(devices.sys, "platform", "darwin")
+    assert devices.tune_cpu_allocator() is False
+    monkeypatch.setattr(devices, "_allocator_tuned", None)  # let a later call re-evaluate
 
 
 # --- FLOPs and peak -------------------------------------------------------------------------
@@ -137,9 +138,9 @@ def test_model_flops_per_token_is_6n_plus_attention():
     T = 32
     L, H, Q = config.num_layers, config.num_heads, config.head_dim
     expected = 6 * model.num_parameters() + 12 * L * H * Q * T  # tied weight counted once
-    assert perf.model_flops_per_token(config, T) == expected
+    assert measure.model_flops_per_token(config, T) == expected
     gpt2 = ModelConfig()  # 124M shape: N = 123.55M incl. the 38.6M LM head
-    assert perf.model_flops_per_token(gpt2, 1024) == pytest.approx(
+    assert measure.model_flops_per_token(gpt2, 1024) == pytest.approx(
         6 * 123_551_232 + 12 * 12 * 768 * 1024, rel=0
     )
 
@@ -166,13 +167,13 @@ def test_model_flops_match_a_flop_counter(monkeypatch):
     L, H, Q, T = config.num_layers, config.num_heads, config.head_dim, 32
     norms = (2 * L + 1) * config.hidden_size
     attention = 12 * L * H * Q * T
-    assert counts["aten.mm"] == perf.model_flops_per_token(config, T) - 6 * norms - attention
+    assert counts["aten.mm"] == measure.model_flops_per_token(config, T) - 6 * norms - attention
     sdpa_forward = [n for op, n in counts.items() if "attention" in op and "backward" not in op]
     assert sdpa_forward == [attention / 3]
 
 
 def test_measure_matmul_peak_is_plausible():
-    flops = perf.measure_matmul_peak("cpu", torch.float32, n=256, repeats=2, min_seconds=0.01)
+    flops = measure.measure_matmul_peak("cpu", torch.float32, n=256, repeats=2, min_seconds=0.01)
     assert math.isfinite(flops) and 1e8 < flops < 1e14
 
 
@@ -180,61 +181,65 @@ def test_measure_matmul_peak_is_plausible():
 
 
 def test_resolve_dtype(monkeypatch):
-    native_bf16 = perf.cpu_supports_bf16()
-    assert perf.resolve_dtype("cpu", "auto") == (torch.bfloat16 if native_bf16 else torch.float32)
-    monkeypatch.setattr(perf, "cpu_supports_bf16", lambda: not native_bf16)
-    assert perf.resolve_dtype("cpu", "auto") == (torch.float32 if native_bf16 else torch.bfloat16)
-    assert perf.resolve_dtype("mps", "auto") == torch.float32
-    assert perf.resolve_dtype("cpu", "bf16") == torch.bfloat16
-    assert perf.resolve_dtype("cpu", "float32") == torch.float32
+    native_bf16 = devices.cpu_supports_bf16()
+    assert devices.resolve_dtype("cpu", "auto") == (
+        torch.bfloat16 if native_bf16 else torch.float32
+    )
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: not native_bf16)
+    assert devices.resolve_dtype("cpu", "auto") == (
+        torch.float32 if native_bf16 else torch.bfloat16
+    )
+    assert devices.resolve_dtype("mps", "auto") == torch.float32
+    assert devices.resolve_dtype("cpu", "bf16") == torch.bfloat16
+    assert devices.resolve_dtype("cpu", "float32") == torch.float32
     with pytest.raises(ValueError, match="unknown dtype"):
-        perf.resolve_dtype("cpu", "int8")
-    assert isinstance(perf.cpu_supports_bf16(), bool)
+        devices.resolve_dtype("cpu", "int8")
+    assert isinstance(devices.cpu_supports_bf16(), bool)
 
 
 def test_resolve_compile(monkeypatch):
-    monkeypatch.setattr(perf.shutil, "which", lambda name: f"/usr/bin/{name}")
-    monkeypatch.setattr(perf.sys, "platform", "linux")
-    assert perf.resolve_compile("cpu") and perf.resolve_compile("cuda", "auto")
-    assert not perf.resolve_compile("mps")  # unmeasured there: never on by default
-    monkeypatch.setattr(perf.sys, "platform", "darwin")  # inductor would also need libomp
-    assert not perf.resolve_compile("cpu") and perf.resolve_compile("cpu", "on")
-    monkeypatch.setattr(perf.sys, "platform", "linux")
-    assert perf.resolve_compile("mps", "on") and not perf.resolve_compile("cpu", "off")
+    monkeypatch.setattr(devices.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(devices.sys, "platform", "linux")
+    assert devices.resolve_compile("cpu") and devices.resolve_compile("cuda", "auto")
+    assert not devices.resolve_compile("mps")  # unmeasured there: never on by default
+    monkeypatch.setattr(devices.sys, "platform", "darwin")  # inductor would also need libomp
+    assert not devices.resolve_compile("cpu") and devices.resolve_compile("cpu", "on")
+    monkeypatch.setattr(devices.sys, "platform", "linux")
+    assert devices.resolve_compile("mps", "on") and not devices.resolve_compile("cpu", "off")
     monkeypatch.setenv("CXX", "my-c++")
-    assert perf.cxx_compiler() == "/usr/bin/my-c++"
-    monkeypatch.setattr(perf.shutil, "which", lambda name: None)  # no compiler: train eagerly
-    assert perf.cxx_compiler() is None and not perf.resolve_compile("cpu")
+    assert devices.cxx_compiler() == "/usr/bin/my-c++"
+    monkeypatch.setattr(devices.shutil, "which", lambda name: None)  # no compiler: train eagerly
+    assert devices.cxx_compiler() is None and not devices.resolve_compile("cpu")
     with pytest.raises(ValueError, match="unknown --compile"):
-        perf.resolve_compile("cpu", "yes")
+        devices.resolve_compile("cpu", "yes")
 
 
 def test_compile_flag_forms():
-    import pretrain
+    from owt.config import build_parser
 
-    parse = pretrain.build_parser().parse_args
+    parse = build_parser().parse_args
     assert parse([]).compile == "auto"
     assert parse(["--compile"]).compile == "on"  # the old bare flag still means on
     assert parse(["--compile", "off"]).compile == "off"
 
 
 def test_autocast_context():
-    with perf.autocast_context("cpu", torch.float32):
+    with devices.autocast("cpu", torch.float32):
         assert not torch.is_autocast_enabled("cpu")
-    with perf.autocast_context("cpu", torch.bfloat16):
+    with devices.autocast("cpu", torch.bfloat16):
         assert torch.is_autocast_enabled("cpu")
 
 
 def test_peak_memory_on_cpu():
     import mmap
 
-    perf.reset_peak_memory("cpu")
-    base = perf.cpu_rss_bytes()
+    devices.reset_peak_memory("cpu")
+    base = devices.cpu_rss_bytes()
     # 32 MiB of fresh pages, touched: a malloc'd block could reuse pages already resident
     # (after tune_cpu_allocator ran in this process, freed blocks stay in the heap).
     block = mmap.mmap(-1, 32 << 20)
     block.write(b"\1" * (32 << 20))
-    peak = perf.peak_memory_bytes("cpu")
+    peak = devices.peak_memory_bytes("cpu")
     block.close()
     assert peak >= base + (30 << 20)
 
@@ -317,7 +322,7 @@ def test_bf16_autocast_trains_like_fp32():  # numerics only: emulated bf16 runs 
         for _ in range(30):
             start = torch.randint(0, 64, (8, 1), generator=g)
             xy = (start + 3 * torch.arange(33)) % 64  # next token = current + 3 (mod 64)
-            with perf.autocast_context("cpu", dtype):
+            with devices.autocast("cpu", dtype):
                 loss = model(xy[:, :-1], xy[:, 1:])[1]
             loss.backward()
             opt.step()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from owt import perf
+from owt import devices
 from same_run import assert_same_update, initial_weights, read_checkpoint
 from scripts import last_line, run_script, tiny_model_args
 from textdata import english_documents, save_gpt2_tokenizer, write_layout
@@ -53,8 +53,8 @@ def test_one_epoch_writes_every_promised_output(trained):
     assert config["args"]["learning_rate"] == 3e-3
     assert config["tokens_per_optimizer_step"] == 8 * 32
     assert config["num_parameters"] > 0 and config["device"] == "cpu"
-    assert config["dtype"] == ("bfloat16" if perf.cpu_supports_bf16() else "float32")
-    assert config["compiled"] == perf.resolve_compile("cpu")  # what --compile auto decided
+    assert config["dtype"] == ("bfloat16" if devices.cpu_supports_bf16() else "float32")
+    assert config["compiled"] == devices.resolve_compile("cpu")  # what --compile auto decided
     for tag in ["train/loss", "train/lr", "train/grad_norm", "train/tokens_per_sec",
                 "val/loss", "val/perplexity"]:  # fmt: skip
         assert scalars(out / "tensorboard", tag), tag
@@ -177,7 +177,7 @@ def test_existing_run_is_not_overwritten(trained, tmp_path, gpt2_tokenizer_dir):
     assert (copy / "checkpoint_epoch_1.pt").read_bytes() == before
 
 
-@pytest.mark.skipif(not perf.resolve_compile("cpu"), reason="auto does not compile here")
+@pytest.mark.skipif(not devices.resolve_compile("cpu"), reason="auto does not compile here")
 def test_compiled_default_trains_like_eager(trained, tmp_path, gpt2_tokenizer_dir):
     """The main run is compiled (--compile auto on a CPU with a C++ compiler: inductor); the same
     run eagerly (--compile off) gives the same losses and weights, up to the float rounding of

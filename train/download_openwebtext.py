@@ -30,7 +30,7 @@ import os
 import shutil
 from pathlib import Path
 
-from owt.dataset_layout import run_script
+from owt.cli import ArgumentParser, run_main
 from owt.hub_download import (
     MANIFEST_FILE,
     PARTIAL_DIR,
@@ -59,9 +59,7 @@ DEFAULT_VALIDATION_DOCUMENTS = 4000
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--output_dir",
         default="./data/openwebtext",
@@ -218,4 +216,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_main(main)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from owt.dataset_layout import run_script
+from owt.cli import ArgumentParser, run_main
 from owt.hub_download import (
     MANIFEST_FILE,
     PARTIAL_DIR,
@@ -34,9 +34,7 @@ from owt.layout_builder import SHARDS_DIR
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--output_dir",
         default="./data/openwebtext_subset",
@@ -89,4 +87,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_main(main)

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Ll
 
 from model import LlamaForTraining, ModelConfig
 from owt.checkpointing import model_from_checkpoint
+from owt.cli import ArgumentParser, ScriptError, run_main
 from owt.sampling import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
@@ -98,7 +99,7 @@ def export(
     ids = torch.randint(0, model.config.vocab_size, (1, length))
     diff = max_logit_difference(model, reloaded, ids)
     if diff > TOLERANCE:
-        raise RuntimeError(
+        raise ScriptError(
             f"Exported logits differ from the checkpoint's by {diff:.2e} > {TOLERANCE:.0e}: "
             "the architecture in model.py and transformers' Llama have drifted apart."
         )
@@ -110,7 +111,7 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a .pt file written by pretrain.py")
     p.add_argument("--output_dir", required=True, help="folder to write (created if missing)")
     p.add_argument(
@@ -123,4 +124,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, interrupted="the output folder may be incomplete: run the same command again")

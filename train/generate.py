@@ -14,6 +14,8 @@ import sys
 import torch
 
 from owt.checkpointing import model_from_checkpoint
+from owt.cli import ArgumentParser, run_main
+from owt.devices import resolve_device
 from owt.sampling import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
@@ -33,17 +35,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
     """Keep the docstring's layout and show every flag's default."""
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """`requested`, or for "auto" the first available of mps, cuda, cpu."""
-    if requested != "auto":
-        return torch.device(requested)
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a .pt file written by pretrain.py")
     p.add_argument("--prompt", default="", help="text to continue; %(default)r: a new document")
     p.add_argument("--max_new_tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="at most")
@@ -68,10 +61,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> list[list[int]]:
-    """Run the CLI; return the generated token ids of each sample (for tests)."""
-    args = parse_args(argv)
-    device = pick_device(args.device)
+def generate(args: argparse.Namespace) -> list[list[int]]:
+    """Stream each sample to stdout; return the generated token ids of each."""
+    device = resolve_device(args.device)
     model, state = model_from_checkpoint(args.checkpoint, device)
     tokenizer = checkpoint_tokenizer(state, args.tokenizer_name)
     prompt_ids = prompt_to_ids(tokenizer, args.prompt)
@@ -102,5 +94,9 @@ def main(argv: list[str] | None = None) -> list[list[int]]:
     return samples
 
 
+def main(argv: list[str] | None = None) -> None:
+    generate(parse_args(argv))
+
+
 if __name__ == "__main__":
-    main()
+    run_main(main, interrupted="nothing was written")

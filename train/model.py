@@ -80,7 +80,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 
 def causal_self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Causal attention over whole (B, heads, T, head_dim) sequences: cpu_attention where it is
-    faster (CPU training up to T=512; README, Performance), else torch's fused kernel."""
+    faster (CPU training up to T=512; benchmarks/README.md), else torch's fused kernel."""
     if cpu_attention.suits(q):
         return cpu_attention.causal_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -23,7 +23,7 @@ import argparse
 import hashlib
 from pathlib import Path
 
-from owt.dataset_layout import run_script
+from owt.cli import ArgumentParser, run_main
 from owt.hub_download import MANIFEST_FILE, DownloadManifest, format_bytes
 from owt.layout_builder import (
     BYTES_PER_TOKEN,
@@ -42,9 +42,7 @@ from owt.layout_builder import (
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
         "--data_dir",
         default="./data/openwebtext_subset",
@@ -198,4 +196,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    run_script(main)
+    run_main(main)

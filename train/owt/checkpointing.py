@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic writes, safe reads, and rebuilding a model from a checkpoint alone.
+"""Checkpoint files and the training state they hold: atomic writes, safe reads, resume.
 
 A checkpoint is a dict of tensors and plain Python values, so `torch.load(weights_only=True)`
 reads it and a crafted pickle cannot run code:
@@ -8,35 +8,41 @@ reads it and a crafted pickle cannot run code:
     tokenizer_name   what --tokenizer_name was
     step, epoch      optimizer steps done, epochs completed
     val_loss         validation loss when written (None if not evaluated)
-    ...              resumable checkpoints add optimizer and training state
+    optimizer, progress, signature, rng      resumable checkpoints only
 
 The format does not depend on how the run was launched: one process, DDP and FSDP (which
 gathers its shards first, see distributed.py) all write full, unsharded tensors, so any of
-them resumes a checkpoint written by another (same global batch, see Trainer.restore).
+them resumes a checkpoint written by another with the same global batch.
 """
 
 from __future__ import annotations
 
-import errno
+import math
 import os
 import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from model import LlamaForTraining, ModelConfig
+from owt import distributed
+from owt.cli import UsageError, no_space_left
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, truncated, unsafe or from another model."""
+class CheckpointError(UsageError):
+    """A checkpoint is missing, truncated, unsafe or from another run."""
+
+
+# ---- files ------------------------------------------------------------------------------------
 
 
 def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
     """Write `state` to `path` atomically: a temp file in the same folder, fsync, then rename.
 
     A crash or SIGKILL at any moment leaves either the previous file or the new one, never a
-    partial file under `path`.
+    partial file under `path`. A full disk is a UsageError saying the older files are intact.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -50,12 +56,12 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        # torch.save reports a failed write as a RuntimeError; surface a full disk as such.
-        cause = exc
-        while cause is not None and getattr(cause, "errno", None) != errno.ENOSPC:
-            cause = cause.__context__
-        if cause is not None and cause is not exc:
-            raise cause from None
+        # torch.save reports a failed write as a RuntimeError raised from the OSError.
+        if no_space_left(exc):
+            raise UsageError(
+                f"No space left on the device while writing {path}; the previous checkpoints "
+                "are intact. Free some space, then resume."
+            ) from None
         raise
     return path
 
@@ -88,19 +94,41 @@ def model_from_checkpoint(
 ) -> tuple[LlamaForTraining, dict[str, Any]]:
     """Rebuild the model a checkpoint was saved from and load its weights (eval mode)."""
     state = load_checkpoint(path)
-    config = ModelConfig.from_dict(state["model_config"])
-    model = LlamaForTraining(config)
+    model = LlamaForTraining(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), state
 
 
-def resumable_checkpoints(output_dir: Path | str) -> list[Path]:
-    """checkpoint_last.pt and checkpoint_epoch_*.pt in `output_dir`, newest first."""
-    output_dir = Path(output_dir)
-    paths = [output_dir / "checkpoint_last.pt", *output_dir.glob("checkpoint_epoch_*.pt")]
-    return sorted(
-        (p for p in paths if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True
-    )
+# ---- the training state -----------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where training is; saved in every resumable checkpoint so a run resumes exactly."""
+
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # epochs completed
+    step_in_epoch: int = 0
+    best_val_loss: float = math.inf
+    skipped_steps: int = 0  # non-finite updates skipped
+
+
+def run_signature(
+    model_config: ModelConfig,
+    dataset_fingerprint: str,
+    max_length: int,
+    seed: int,
+    sequences_per_step: int,
+) -> dict[str, Any]:
+    """What must match for a resume to continue the same run (sequences_per_step is global:
+    batch_size x gradient_accumulation_steps x processes)."""
+    return {
+        "model_config": model_config.to_dict(),
+        "dataset_fingerprint": dataset_fingerprint,
+        "max_length": max_length,
+        "seed": seed,
+        "sequences_per_step": sequences_per_step,
+    }
 
 
 def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
@@ -123,7 +151,90 @@ def signature_differences(saved: dict[str, Any], current: dict[str, Any]) -> lis
     ]
 
 
-def remove_stale_temp_files(output_dir: Path | str) -> None:
-    """Delete temp files a killed save left behind (they never carry a checkpoint's name)."""
-    for tmp in Path(output_dir).glob(".*.pt.*.tmp"):
-        tmp.unlink(missing_ok=True)
+def global_batch_hint(saved: int | None, batch_size: int, accumulation: int, world: int) -> str:
+    """How to resume with another number of processes: keep the global batch."""
+    current = batch_size * accumulation * world
+    if saved is None or saved == current:
+        return ""
+    hint = (
+        ". sequences_per_step is batch_size x gradient_accumulation_steps x processes "
+        f"({batch_size} x {accumulation} x {world} now); any number of processes resumes a run "
+        "if that product is unchanged"
+    )
+    if saved % (batch_size * world) == 0:
+        hint += f": here --gradient_accumulation_steps {saved // (batch_size * world)}"
+    return hint
+
+
+def training_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    progress: Progress,
+    *,
+    signature: dict[str, Any],
+    tokenizer_name: str,
+    val_loss: float | None,
+    fsdp: bool = False,
+) -> dict[str, Any]:
+    """The checkpoint dict: weights only without `optimizer`, resumable with it. Under FSDP a
+    collective (every rank calls it; rank 0 gets the full tensors, the others {})."""
+    state = {
+        "model": distributed.gather_model_state(model) if fsdp else model.state_dict(),
+        "model_config": model.config.to_dict(),
+        "tokenizer_name": tokenizer_name,
+        "step": progress.step,
+        "epoch": progress.epoch,
+        "val_loss": val_loss,
+    }
+    if optimizer is not None:
+        rng = {"cpu": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        state |= {
+            "optimizer": (
+                distributed.gather_optimizer_state(model, optimizer)
+                if fsdp
+                else optimizer.state_dict()
+            ),
+            "progress": asdict(progress),
+            "signature": signature,
+            "rng": rng,
+        }
+    return state
+
+
+def check_resumable(
+    state: dict[str, Any], path: Path, signature: dict[str, Any], hint: str
+) -> None:
+    """Raise CheckpointError unless `state` continues the run `signature` describes."""
+    if "progress" not in state:
+        raise CheckpointError(
+            f"{path} holds weights only (e.g. best_model.pt); resume from a "
+            "checkpoint_epoch_N.pt or checkpoint_last.pt"
+        )
+    differences = signature_differences(state["signature"], signature)
+    if differences:
+        raise CheckpointError(
+            f"Cannot resume from {path}: this run differs in " + "; ".join(differences) + hint
+        )
+
+
+def restore_training_state(
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    fsdp: bool = False,
+) -> Progress:
+    """Load weights, optimizer state and RNG from a checked resumable `state`; its Progress.
+    Checkpoints hold full tensors whatever wrote them: under FSDP they are sharded on the way in
+    (every rank calls this with the full state)."""
+    if fsdp:
+        distributed.load_model_state(model, state["model"])
+        distributed.load_optimizer_state(model, optimizer, state["optimizer"])
+    else:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    torch.set_rng_state(state["rng"]["cpu"].cpu())
+    if "cuda" in state["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+    return Progress(**state["progress"])

@@ -21,17 +21,8 @@ Memory: the kept probabilities cost batch x heads x ~T^2/2 floats per layer (124
 8 MB at T=256, 28 MB at 512, 107 MB at 1024), plus fp32 q, k and v: for the whole 124M model at
 batch 4 x 512, ~0.25 GB more than torch's kernel keeps in fp32 and ~0.4 GB more in bf16.
 
-Measured on a 2-core Zen 4 (torch 2.15, batch 4, 12 heads of 64), one layer's attention alone,
-forward + backward, fp32 inputs:
-
-    T      flash fp32   flash bf16   this, fp32
-    256    17.7 ms      16.8 ms      13.9 ms
-    512    63.5 ms      55.9 ms      45.5 ms
-    1024   183 ms       -            164 ms
-
-and whole training steps of the 124M model (benchmarks/bench_train.py, batch 4, same session):
-bf16 autocast 675 -> 712 tokens/s at T=256 (+5%), 661 -> 727 at T=512 (+10%); fp32 257 -> 256
-at T=256 (the copies and zero-fills around the matmuls eat the gain) and 245 -> 253 at T=512.
+Up to T=512 it is faster than torch's kernel on the CPU for the attention itself and for whole
+training steps in bf16 (benchmarks/README.md, "cpu_attention"); model.py uses it only there.
 """
 
 from __future__ import annotations

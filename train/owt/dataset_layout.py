@@ -1,4 +1,4 @@
-"""The dataset layout every script agrees on.
+"""The dataset layout every script agrees on, and the checks that a folder holds one.
 
 DATA_DIR/train/*.parquet        one document per row, column "text"
 DATA_DIR/validation/*.parquet
@@ -7,9 +7,9 @@ DATA_DIR/dataset_info.txt       human-readable provenance and sizes
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
+
+from owt.cli import UsageError
 
 SPLITS = ("train", "validation")
 TEXT_COLUMN = "text"
@@ -24,8 +24,12 @@ HOW_TO_CREATE = (
 )
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UsageError):
     """DATA_DIR lacks a split; the message says which commands create it."""
+
+
+class DatasetFileError(UsageError):
+    """A parquet file of the layout is unreadable or lacks the text column."""
 
 
 def split_files(data_dir: Path | str, split: str) -> list[Path]:
@@ -47,27 +51,20 @@ def find_dataset(data_dir: Path | str) -> dict[str, list[Path]]:
     return files
 
 
-class DataScriptError(RuntimeError):
-    """A data script failed for a reason it can state in one line; exits with `exit_code`.
+def check_parquet_files(files: list[Path]) -> int:
+    """Open each file's footer (no data is read): raise DatasetFileError for an unreadable file
+    or one without the text column; return the total number of documents."""
+    import pyarrow.parquet as pq  # here: the other checks of this module need no pyarrow
 
-    1 = the hub or network failed (re-running resumes); 2 = bad input or settings (fix, re-run).
-    """
-
-    def __init__(self, message: str, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-def run_script(main: Callable[[], None]) -> None:
-    """Run a data script's `main`: one-line errors and exit statuses instead of tracebacks."""
-    try:
-        main()
-    except DataScriptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        print(
-            "\nInterrupted. Nothing half-written is used: re-run the same command to continue.",
-            file=sys.stderr,
-        )
-        sys.exit(130)
+    documents = 0
+    for path in files:
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...
+            raise DatasetFileError(f"Cannot read {path} as parquet: {exc}") from exc
+        if TEXT_COLUMN not in parquet.schema_arrow.names:
+            raise DatasetFileError(
+                f"{path} has no '{TEXT_COLUMN}' column (columns: {parquet.schema_arrow.names})."
+            )
+        documents += parquet.metadata.num_rows
+    return documents

@@ -1,4 +1,5 @@
-"""Process-group setup for torchrun, and FSDP2 sharding; a single process is the world of size 1.
+"""torchrun: the process group, collectives, and the model as training runs it (DDP, FSDP2,
+compile); a single process is the world of size 1.
 
 Under --fsdp each rank holds only a slice of every parameter, gradient and optimizer state
 (DTensors). Checkpoints stay in the single-process format: the helpers below gather the full
@@ -17,6 +18,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from owt.config import torchrun_world_size
+
 
 @dataclass(frozen=True)
 class World:
@@ -31,7 +34,7 @@ class World:
 
 def init_world(device_type: str) -> World:
     """Join the process group torchrun describes (RANK, WORLD_SIZE...); else a world of one."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if torchrun_world_size() == 1:
         return World()
     # any_rank and the stop flag use CPU tensors: on CUDA, gloo carries those and NCCL the rest.
     backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
@@ -68,6 +71,30 @@ def any_rank(flag: bool, world: World) -> bool:
 def close_world(world: World) -> None:
     if world.size > 1 and dist.is_initialized():
         dist.destroy_process_group()
+
+
+# ---- the model as training runs it ----------------------------------------------------------
+
+
+def parallelize(
+    model: nn.Module, world: World, device: torch.device, *, fsdp: bool, compile_model: bool
+) -> nn.Module:
+    """What the training step calls: `model` itself, DDP around it or FSDP2 shards of it
+    (in place: build the optimizer afterwards), compiled if asked.
+
+    Compiled around DDP, not inside it: torch then splits the graph at DDP's bucket boundaries,
+    so gradient all-reduces overlap the rest of the backward. `model` stays the plain module
+    checkpoints save.
+    """
+    step_model = model
+    if fsdp:
+        shard_model(model, world, device)
+    elif world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [device.index] if device.type == "cuda" else None
+        step_model = DistributedDataParallel(model, device_ids=ids)
+    return torch.compile(step_model) if compile_model else step_model
 
 
 # ---- FSDP2 ------------------------------------------------------------------------------------

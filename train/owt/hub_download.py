@@ -55,7 +55,7 @@ from huggingface_hub.utils import (
 )
 from tqdm.auto import tqdm
 
-from owt.dataset_layout import DataScriptError
+from owt.cli import ScriptError
 from owt.hub_data_files import (
     PARQUET_SUFFIX,
     DataFilesError,
@@ -76,7 +76,7 @@ TOKEN_HELP = (
 T = TypeVar("T")
 
 
-class HubDownloadError(DataScriptError):
+class HubDownloadError(ScriptError):
     """A download failed for good; the message is one line that says what to do (exit status 1,
     or 2 for a problem the user must fix first, such as disk space)."""
 
@@ -296,23 +296,7 @@ def list_snapshot(
     commit = info.sha
     if not commit:
         raise HubDownloadError(f"Resolving {where}: the hub did not return a commit id.")
-    entries = call_with_retries(
-        f"Listing {where}",
-        lambda: list(
-            api.list_repo_tree(repo_id, recursive=True, revision=commit, repo_type=repo_type)
-        ),
-        retry,
-    )
-    listed = {
-        e.path: RemoteFile(
-            path=e.path,
-            size=e.size,
-            sha256=e.lfs.sha256 if e.lfs else None,
-            git_oid=e.blob_id,
-        )
-        for e in entries
-        if isinstance(e, RepoFile)
-    }
+    listed = _list_files(api, repo_id, repo_type, commit, f"Listing {where}", retry)
     try:
         split = resolve_train_files(
             sorted(listed), getattr(info, "card_data", None),
@@ -335,6 +319,26 @@ def list_snapshot(
         )
     files = tuple(listed[path] for path in split.paths)
     return RepoSnapshot(repo_id, repo_type, revision, commit, files, endpoint, split.describe())
+
+
+def _list_files(
+    api: HfApi, repo_id: str, repo_type: str, commit: str, what: str, retry: RetryPolicy
+) -> dict[str, RemoteFile]:
+    """Every file of the repo at `commit` (one recursive, paginated listing), by path."""
+    entries = call_with_retries(
+        what,
+        lambda: list(
+            api.list_repo_tree(repo_id, recursive=True, revision=commit, repo_type=repo_type)
+        ),
+        retry,
+    )
+    return {
+        e.path: RemoteFile(
+            path=e.path, size=e.size, sha256=e.lfs.sha256 if e.lfs else None, git_oid=e.blob_id
+        )
+        for e in entries
+        if isinstance(e, RepoFile)
+    }
 
 
 def _alternatives(api: HfApi, repo_id: str, repo_type: str) -> str:
@@ -661,6 +665,29 @@ def download_all(
         with bar_lock:
             bar.update(delta)
 
+    def fetch(remote: RemoteFile, local: Path, stop: threading.Event) -> None:
+        download_file(
+            snapshot, remote, local, retry=retry, partial_dir=partial_dir, progress=progress,
+            stop=stop,
+        )  # fmt: skip
+        manifest.record(remote, local)
+        bar.write(f"  verified {remote.path} ({format_bytes(remote.size)})")
+
+    try:
+        _in_parallel(fetch, todo, max_workers)
+    finally:
+        bar.close()
+    return len(todo), skipped
+
+
+def _in_parallel(
+    fetch: Callable[[RemoteFile, Path, threading.Event], None],
+    todo: list[tuple[RemoteFile, Path]],
+    max_workers: int,
+) -> None:
+    """Run `fetch(remote, local, stop)` for every job, `max_workers` threads at a time. The first
+    failure (or Ctrl-C) sets `stop`, which the others heed at their next chunk or pause; it is
+    then raised here."""
     stop = threading.Event()
     queue = list(reversed(todo))
     queue_lock = threading.Lock()
@@ -673,20 +700,10 @@ def download_all(
                     return
                 remote, local = queue.pop()
             try:
-                download_file(
-                    snapshot,
-                    remote,
-                    local,
-                    retry=retry,
-                    partial_dir=partial_dir,
-                    progress=progress,
-                    stop=stop,
-                )
-                manifest.record(remote, local)
-                bar.write(f"  verified {remote.path} ({format_bytes(remote.size)})")
+                fetch(remote, local, stop)
             except BaseException as exc:
                 errors.append(exc)
-                stop.set()  # the first failure stops the others, at their next chunk or pause
+                stop.set()
                 return
 
     # Daemon threads: on Ctrl-C the main thread may exit while a worker still waits on a stalled
@@ -706,12 +723,9 @@ def download_all(
         for thread in workers:
             thread.join(1.0)  # time to close their files; a stalled read is abandoned
         raise
-    finally:
-        bar.close()
     failures = [exc for exc in errors if not isinstance(exc, KeyboardInterrupt)]
     if failures or errors:
         raise (failures or errors)[0]
-    return len(todo), skipped
 
 
 # -- disk space ---------------------------------------------------------------------------------

@@ -36,7 +36,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from owt.dataset_layout import INFO_FILE, SPLITS, TEXT_COLUMN, DataScriptError, split_files
+from owt.cli import UsageError
+from owt.dataset_layout import INFO_FILE, SPLITS, TEXT_COLUMN, split_files
 from owt.token_cache import token_dtype
 
 BUILD_DIR = ".building"
@@ -48,11 +49,8 @@ GPT2_VOCAB_SIZE = 50257
 ROWS_PER_GROUP = 1000  # about 5 MB of web text: readers stream the output in small steps
 
 
-class LayoutError(DataScriptError):
+class LayoutError(UsageError):
     """Bad input or a layout that must not be touched; the message names the fix (exit status 2)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, exit_code=2)
 
 
 # -- reading shards -----------------------------------------------------------------------------

@@ -15,11 +15,10 @@ with one such fp32 buffer (plus its bf16 copies under autocast), updated in plac
 Subtracting s before any rounding to bf16 keeps the confidently predicted tokens' gradient
 (softmax - 1, close to 0) as precise as F.cross_entropy's.
 
-The logits are laid out (vocab x tokens), W h^T rather than h W^T: measured on a 2-core Zen 4
-with torch 2.15, that matmul runs at ~190-205 GFLOP/s where the usual layout's output rows of
-50257 floats (not a multiple of the vector width) hold it to ~150-170 (fp32).
-Training steps of the 124M model (fp32, batch 4 x 1024, glibc's default allocator) were 11%
-faster and their peak memory 1.4 GB lower (benchmarks/bench_train.py, README "Performance").
+The logits are laid out (vocab x tokens), W h^T rather than h W^T: the usual layout's output
+rows of 50257 floats are not a multiple of the vector width, which slows its matmul on a CPU.
+With one such buffer instead of four, training steps of the 124M model at batch 4 x 1024 are
+faster and 1.4 GB smaller (benchmarks/README.md, "lm_loss").
 
 Under autocast the matmuls run in the autocast dtype and the softmax in fp32, as they would
 through torch.autocast with F.linear and F.cross_entropy. Every target must be a real token id

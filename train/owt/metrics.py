@@ -1,8 +1,14 @@
-"""TensorBoard logging, done by one process only (rank 0); other ranks get a no-op logger."""
+"""What a run shows: TensorBoard curves and text, the progress bar, log lines. Only the main
+rank (rank 0) shows anything; the other ranks get the same objects doing nothing."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
+
+import torch
+from tqdm import tqdm
 
 
 class Metrics:
@@ -28,10 +34,74 @@ class Metrics:
         if self.writer is not None:
             self.writer.add_text(tag, text, step)
 
-    def flush(self) -> None:
-        if self.writer is not None:
-            self.writer.flush()
-
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class StepLog:
+    """The training curves: every `interval` optimizer steps, the mean loss of the steps that
+    updated the weights, the learning rate, the gradient norm and tokens/s, to TensorBoard and
+    the progress bar. Losses stay on the device until a point is logged (no host sync per step).
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        total_steps: int,
+        start_step: int,
+        tokens_per_step: int,
+        interval: int,
+        device: torch.device,
+        enabled: bool,
+    ) -> None:
+        self.metrics, self.interval, self.tokens_per_step = metrics, interval, tokens_per_step
+        self.bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            desc="training",
+            unit="step",
+            disable=not enabled,
+            dynamic_ncols=True,
+        )
+        self.loss_sum = torch.zeros((), device=device)
+        self.updates = 0
+        self.since = time.perf_counter()
+
+    def step(
+        self, step: int, loss: torch.Tensor | None, lr: float, grad_norm: torch.Tensor
+    ) -> None:
+        """Optimizer step `step` is done; `loss` is None if its update was skipped."""
+        if loss is not None:
+            self.loss_sum += loss
+            self.updates += 1
+        self.bar.update(1)
+        if step % self.interval or not self.updates:
+            return
+        elapsed = time.perf_counter() - self.since
+        loss_value = (self.loss_sum / self.updates).item()
+        tokens_per_sec = self.tokens_per_step * self.interval / elapsed
+        self.metrics.scalars(
+            step,
+            {
+                "train/loss": loss_value,
+                "train/lr": lr,
+                "train/grad_norm": float(grad_norm),
+                "train/tokens_per_sec": tokens_per_sec,
+            },
+        )
+        self.bar.set_postfix(
+            loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}"
+        )
+        self.loss_sum.zero_()
+        self.updates, self.since = 0, time.perf_counter()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def log_line(message: str, enabled: bool = True) -> None:
+    """A status line on stderr that does not break the progress bar."""
+    if enabled:
+        tqdm.write(message, file=sys.stderr)

@@ -142,8 +142,8 @@ class TextStream:
 def checkpoint_tokenizer(state: dict[str, Any], override: str | None = None) -> Any:
     """The transformers tokenizer a checkpoint was trained with, or `override` (name or folder).
 
-    Raises TokenizerLoadError if it cannot be loaded, ValueError if its ids do not fit the
-    model's vocabulary (the wrong tokenizer).
+    Raises TokenizerLoadError if it cannot be loaded or if its ids do not fit the model's
+    vocabulary (the wrong tokenizer).
     """
     from transformers import AutoTokenizer
 
@@ -158,7 +158,7 @@ def checkpoint_tokenizer(state: dict[str, Any], override: str | None = None) -> 
         ) from exc
     vocab_size = state["model_config"]["vocab_size"]
     if len(tokenizer) > vocab_size:
-        raise ValueError(
+        raise TokenizerLoadError(
             f"Tokenizer '{name}' has {len(tokenizer)} tokens but the model's vocab_size is "
             f"{vocab_size}: pass the tokenizer the checkpoint was trained with (--tokenizer_name)."
         )

@@ -22,16 +22,12 @@ import numpy as np
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from owt.dataset_layout import TEXT_COLUMN
+from owt.dataset_layout import TEXT_COLUMN, DatasetFileError, check_parquet_files
 from owt.tokenization import TextEncoder
 
 CACHE_DIRNAME = "token_cache"
 META_FILE = "meta.json"
 READ_BATCH_DOCUMENTS = 1024
-
-
-class DatasetFileError(ValueError):
-    """A parquet file is unreadable or lacks the text column."""
 
 
 @dataclass
@@ -63,23 +59,6 @@ def dataset_fingerprint(files: dict[str, list[Path]], encoder: TextEncoder) -> s
             st = f.stat()
             h.update(f"{split}/{f.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:16]
-
-
-def check_parquet_files(files: list[Path]) -> int:
-    """Open each file's metadata (no data read): raise DatasetFileError for an unreadable file or
-    one without the text column; return the total number of documents."""
-    documents = 0
-    for path in files:
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as exc:  # pyarrow raises ArrowInvalid, OSError...
-            raise DatasetFileError(f"Cannot read {path} as parquet: {exc}") from exc
-        if TEXT_COLUMN not in parquet.schema_arrow.names:
-            raise DatasetFileError(
-                f"{path} has no '{TEXT_COLUMN}' column (columns: {parquet.schema_arrow.names})."
-            )
-        documents += parquet.metadata.num_rows
-    return documents
 
 
 def _text_batches(path: Path):

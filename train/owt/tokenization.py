@@ -5,7 +5,7 @@ Two engines produce the same ids:
 * tiktoken, when the tokenizer is a GPT-2-style byte-level BPE (ByteLevel pre-tokenizer with
   GPT-2's regex, ByteLevel decoder, BPE model). The Encoding is built from the tokenizer's own
   vocab and merges, nothing is downloaded. It is 3-6x faster than the `tokenizers` engine on the
-  same vocab (GPT-2 on 2 cores: 6.3M vs 2.0M tokens/s in benchmarks/bench_tokenize.py).
+  same vocab (benchmarks/README.md, "Tokenization").
 * the transformers tokenizer itself, for everything else.
 
 A special-token string that occurs literally in a document (say "<|endoftext|>" in a web page
@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tiktoken
+
+from owt.cli import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +58,7 @@ _PROBE_TEXTS = [
 ]
 
 
-class TokenizerLoadError(RuntimeError):
+class TokenizerLoadError(UsageError):
     """The tokenizer could not be loaded; the message says what to try."""
 
 

@@ -1,94 +1,73 @@
 """The training loop: accumulation, clipping, schedule, evaluation, checkpoints, recovery.
 
-One Trainer per process. Only the main rank writes files or prints; under torchrun the model is
-wrapped in DistributedDataParallel (or sharded with FSDP2 under --fsdp) and each rank takes its
-own slice of every step's windows.
+One Trainer per process, configured by a TrainConfig. Only the main rank writes files or
+prints; under torchrun each rank takes its own slice of every step's windows and the model is
+wrapped for DDP or sharded by FSDP2 (distributed.parallelize).
+
+    trainer = Trainer(config, model, train_windows, val_windows, device=device)
+    exit_code = trainer.fit()
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import errno
 import math
 import os
 import signal
-import sys
-import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from tqdm import tqdm
 
-from model import ModelConfig
 from owt import distributed
 from owt.checkpointing import (
-    resumable_checkpoints,
+    Progress,
+    check_resumable,
+    global_batch_hint,
+    restore_training_state,
+    run_signature,
     save_checkpoint,
-    signature_differences,
+    training_state,
 )
-from owt.metrics import Metrics
-from owt.optim import build_optimizer, learning_rate_at
+from owt.cli import ScriptError
+from owt.config import TrainConfig
+from owt.devices import autocast, empty_cache, is_out_of_memory
+from owt.distributed import World
+from owt.metrics import Metrics, StepLog, log_line
+from owt.optim import build_optimizer, set_learning_rate
+from owt.outputs import (
+    BEST_MODEL,
+    LAST_CHECKPOINT,
+    TENSORBOARD_DIR,
+    epoch_checkpoint,
+    resumable_checkpoints,
+)
 from owt.sampling import sample_text
-from owt.token_cache import TokenCache
-from owt.token_windows import EpochSampler, micro_batches
-
-
-class UsageError(Exception):
-    """Bad input: reported as one line on stderr with exit code 2, before anything is written."""
-
-
-class TrainingFailed(Exception):
-    """Training cannot go on (out of memory, diverged): reported with exit code 1."""
-
+from owt.schedule import cosine_lr, warmup_steps_for
+from owt.token_windows import EpochSampler, TokenWindows, micro_batches
 
 SAMPLE_PROMPT = "The meaning of life is"
 
 
-class _StopRequested(Exception):
-    """Raised inside the loop after a SIGINT/SIGTERM, once the current step is complete."""
+class TrainingFailed(ScriptError):
+    """Training cannot go on (out of memory, diverged): exit status 1."""
 
 
-@dataclass
-class Progress:
-    """Where training is; saved in every checkpoint so a run resumes exactly."""
-
-    step: int = 0  # optimizer steps done
-    epoch: int = 0  # epochs completed
-    step_in_epoch: int = 0
-    best_val_loss: float = math.inf
-    skipped_steps: int = 0  # non-finite updates skipped
-
-
-def run_signature(args: argparse.Namespace, config: ModelConfig, cache: TokenCache, world) -> dict:
-    """What must match for a resume to continue the same run."""
-    return {
-        "model_config": config.to_dict(),
-        "dataset_fingerprint": cache.fingerprint,
-        "max_length": args.max_length,
-        "seed": args.seed,
-        "sequences_per_step": args.batch_size * args.gradient_accumulation_steps * world.size,
-    }
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()  # MPS
-
-
-def out_of_memory_advice(args: argparse.Namespace, device: torch.device) -> str:
-    b, a, n = args.batch_size, args.gradient_accumulation_steps, args.max_length
+def out_of_memory_advice(config: TrainConfig, device: torch.device) -> str:
+    b, a, n = config.batch_size, config.gradient_accumulation_steps, config.max_length
     smaller = f"--batch_size {max(1, b // 2)} --gradient_accumulation_steps {a * 2}"
     text = (
         f"Out of memory on {device.type} at --batch_size {b} --max_length {n}. Try {smaller} "
         f"(same tokens per step), or --max_length {max(1, n // 2)}, or add --auto_batch"
     )
     if device.type == "mps":
-        text += "; see 'MPS memory' in README.md (PYTORCH_MPS_HIGH_WATERMARK_RATIO)"
+        text += "; see 'Mac (MPS) memory' in README.md (PYTORCH_MPS_HIGH_WATERMARK_RATIO)"
     return text + "."
+
+
+class _StopRequested(Exception):
+    """Raised inside the loop after a SIGINT/SIGTERM, once the current step is complete."""
 
 
 class GracefulStop:
@@ -112,149 +91,91 @@ class GracefulStop:
 
 
 class Trainer:
-    """The training loop. Only the main rank writes files or prints bars."""
+    """Trains `model` on `train_windows` as `config` says (see the module docstring)."""
 
     def __init__(
-        self, args, world, device, dtype, model, cache, train_windows, val_windows,
-        tokenizer=None, compile_model=False,
-    ):  # fmt: skip
-        self.args, self.world, self.device = args, world, device
-        self.tokenizer = tokenizer  # for the sample logged at each validation
+        self,
+        config: TrainConfig,
+        model: torch.nn.Module,
+        train_windows: TokenWindows,
+        val_windows: TokenWindows,
+        *,
+        device: torch.device,
+        dtype: torch.dtype = torch.float32,
+        world: World | None = None,
+        dataset_fingerprint: str = "",
+        tokenizer: Any = None,
+        compile_model: bool = False,
+    ) -> None:
+        world = world or World()
+        self.config, self.world, self.device = config, world, device
         self.model = model  # unwrapped: what checkpoints save
         self.train_windows, self.val_windows = train_windows, val_windows
-        self.output_dir = Path(args.output_dir)
-        self.signature = run_signature(args, model.config, cache, world)
-        self.autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else None
-        self.batch_size = args.batch_size
-        self.accumulation = args.gradient_accumulation_steps
+        self.tokenizer = tokenizer  # for the sample logged at each validation
+        self.output_dir = Path(config.output_dir)
+        self.autocast = lambda: autocast(device, dtype)
+        self.batch_size = config.batch_size  # --auto_batch may halve it
+        self.accumulation = config.gradient_accumulation_steps
         self.sampler = EpochSampler(
-            len(train_windows),
-            self.batch_size * self.accumulation,
-            args.seed,
-            world.rank,
-            world.size,
+            len(train_windows), config.sequences_per_step, config.seed, world.rank, world.size
         )
-        self.total_steps = self.sampler.steps_per_epoch * args.num_epochs
-        self.warmup_steps = (
-            args.warmup_steps if args.warmup_steps >= 0 else min(2000, self.total_steps // 20)
+        self.total_steps = self.sampler.steps_per_epoch * config.num_epochs
+        self.warmup_steps = warmup_steps_for(self.total_steps, config.warmup_steps)
+        self.signature = run_signature(
+            model.config, dataset_fingerprint, config.max_length, config.seed,
+            config.sequences_per_step * world.size,
+        )  # fmt: skip
+        self.fsdp = config.fsdp and world.size > 1
+        # FSDP shards in place (parameters become DTensors): before the optimizer sees them.
+        self.step_model = distributed.parallelize(
+            model, world, device, fsdp=self.fsdp, compile_model=compile_model
         )
-        # FSDP shards in place (parameters become DTensors), so before the optimizer sees them.
-        self.fsdp = args.fsdp and world.size > 1
-        if self.fsdp:
-            distributed.shard_model(model, world, device)
-        self.optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, device.type)
-        self.step_model = model
-        if world.size > 1 and not self.fsdp:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [device.index] if device.type == "cuda" else None
-            self.step_model = DistributedDataParallel(model, device_ids=ids)
-        if compile_model:
-            # Compiled around DDP, not inside it: torch then splits the graph at DDP's bucket
-            # boundaries, so gradient all-reduces overlap the rest of the backward.
-            self.step_model = torch.compile(self.step_model)
+        self.optimizer = build_optimizer(
+            model, config.learning_rate, config.weight_decay, device.type
+        )
         self.progress = Progress()
         self.resumed = False
+        self.bad_in_a_row = 0  # consecutive non-finite steps
         self.stop = GracefulStop()
         self.resume_hint = "add --resume auto to the same command"
 
-    # ---- checkpoints -------------------------------------------------------------------------
+    @property
+    def tokens_per_step(self) -> int:
+        return self.sampler.windows_per_step * self.world.size * self.config.max_length
 
-    def state(self, val_loss: float | None, resumable: bool = True) -> dict[str, Any]:
-        """The checkpoint dict. Under FSDP a collective: every rank calls it, rank 0 gets it."""
-        if self.fsdp:
-            model_state = distributed.gather_model_state(self.model)
-        else:
-            model_state = self.model.state_dict()
-        state = {
-            "model": model_state,
-            "model_config": self.model.config.to_dict(),
-            "tokenizer_name": self.args.tokenizer_name,
-            "step": self.progress.step,
-            "epoch": self.progress.epoch,
-            "val_loss": val_loss,
-        }
-        if resumable:
-            rng = {"cpu": torch.get_rng_state()}
-            if torch.cuda.is_available():
-                rng["cuda"] = torch.cuda.get_rng_state_all()
-            if self.fsdp:
-                optimizer_state = distributed.gather_optimizer_state(self.model, self.optimizer)
-            else:
-                optimizer_state = self.optimizer.state_dict()
-            state |= {
-                "optimizer": optimizer_state,
-                "progress": asdict(self.progress),
-                "signature": self.signature,
-                "rng": rng,
-            }
-        return state
+    def log(self, message: str) -> None:
+        log_line(message, self.world.is_main)
+
+    # ---- checkpoints -------------------------------------------------------------------------
 
     def save(self, name: str, val_loss: float | None, resumable: bool = True) -> None:
         """Write a checkpoint from the main rank. Every rank calls this (FSDP gathers shards)."""
         if not (self.world.is_main or self.fsdp):
             return
-        state = self.state(val_loss, resumable)
-        if not self.world.is_main:
-            return
-        path = self.output_dir / name
-        try:
-            save_checkpoint(state, path)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise UsageError(
-                    f"No space left on the device while writing {path}; the previous "
-                    "checkpoints are intact. Free some space, then resume."
-                ) from None
-            raise
+        state = training_state(
+            self.model, self.optimizer if resumable else None, self.progress,
+            signature=self.signature, tokenizer_name=self.config.tokenizer_name,
+            val_loss=val_loss, fsdp=self.fsdp,
+        )  # fmt: skip
+        if self.world.is_main:
+            save_checkpoint(state, self.output_dir / name)
 
     def restore(self, state: dict[str, Any], path: Path) -> None:
         """Continue from a resumable checkpoint read by load_checkpoint, if it fits this run."""
-        if "progress" not in state:
-            raise UsageError(f"{path} holds weights only (e.g. best_model.pt); resume from a "
-                             "checkpoint_epoch_N.pt or checkpoint_last.pt")  # fmt: skip
-        differences = signature_differences(state["signature"], self.signature)
-        if differences:
-            raise UsageError(
-                f"Cannot resume from {path}: this run differs in "
-                + "; ".join(differences)
-                + self._global_batch_hint(state["signature"].get("sequences_per_step"))
-            )
-        # Checkpoints hold full tensors whatever wrote them: FSDP shards them on the way in.
-        if self.fsdp:
-            distributed.load_model_state(self.model, state["model"])
-            distributed.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
-        else:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-        self.progress = Progress(**state["progress"])
+        saved = state.get("signature", {}).get("sequences_per_step")
+        hint = global_batch_hint(saved, self.batch_size, self.accumulation, self.world.size)
+        check_resumable(state, path, self.signature, hint)
+        self.progress = restore_training_state(state, self.model, self.optimizer, self.fsdp)
         self.resumed = True
         self.log(f"resumed from {path} at step {self.progress.step}, epoch {self.progress.epoch}")
-        torch.set_rng_state(state["rng"]["cpu"].cpu())
-        if "cuda" in state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
 
-    def _global_batch_hint(self, saved: int | None) -> str:
-        """How to resume with another number of processes: keep the global batch."""
-        current = self.signature["sequences_per_step"]
-        if saved is None or saved == current:
-            return ""
-        hint = (
-            ". sequences_per_step is batch_size x gradient_accumulation_steps x processes "
-            f"({self.batch_size} x {self.accumulation} x {self.world.size} now); any number of "
-            "processes resumes a run if that product is unchanged"
-        )
-        per_process = self.batch_size * self.world.size
-        if saved % per_process == 0:
-            hint += f": here --gradient_accumulation_steps {saved // per_process}"
-        return hint
+    def last_good(self) -> str:
+        found = resumable_checkpoints(self.output_dir)
+        return str(found[0]) if found else "none yet"
 
     # ---- one optimizer step ------------------------------------------------------------------
 
-    def _context(self):
-        return self.autocast if self.autocast is not None else contextlib.nullcontext()
-
-    def _accumulate(self, indices) -> torch.Tensor:
+    def _accumulate(self, indices: np.ndarray) -> torch.Tensor:
         """Forward+backward over one step's windows; return the step's mean loss (on device)."""
         batches = micro_batches(indices, self.batch_size)
         step_loss = torch.zeros((), device=self.device)
@@ -268,42 +189,71 @@ class Trainer:
             # DDP: all-reduce gradients only on the step's last micro-batch. FSDP reduce-scatters
             # after every micro-batch: skipping it would keep whole unsharded gradients on each
             # rank until the last one, the memory FSDP is there to save.
-            sync = (
-                contextlib.nullcontext()
-                if last or self.world.size == 1 or self.fsdp
-                else self.step_model.no_sync()
-            )
-            with sync:
-                with self._context():
+            skip_sync = not last and self.world.size > 1 and not self.fsdp
+            with self.step_model.no_sync() if skip_sync else contextlib.nullcontext():
+                with self.autocast():
                     _, loss = self.step_model(x, y)
                 loss = loss / len(batches)
                 loss.backward()
             step_loss += loss.detach()
         return step_loss
 
-    def _step(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
-        """Accumulate, clip; on OOM with --auto_batch, halve the micro-batch and redo the step."""
+    def train_step(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Accumulate and clip one step's gradients: (mean loss, gradient norm), on device.
+        On out-of-memory with --auto_batch, halve the micro-batch and redo the step."""
         while True:
             try:
                 step_loss = self._accumulate(indices)
-                max_norm = self.args.grad_clip if self.args.grad_clip > 0 else math.inf
-                params = self.model.parameters()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
                 # FSDP: a DTensor (each rank's partial sum); clipping used the full norm.
                 return step_loss, distributed.full_tensor(grad_norm)
             except Exception as exc:
                 if not is_out_of_memory(exc):
                     raise
-                self.optimizer.zero_grad(set_to_none=True)
-                if not self.args.auto_batch or self.batch_size == 1:
-                    raise TrainingFailed(out_of_memory_advice(self.args, self.device)) from None
-                self.batch_size //= 2
-                self.accumulation = math.ceil(len(indices) / self.batch_size)
-                empty_cache(self.device)
-                self.log(
-                    f"out of memory: micro-batch now {self.batch_size}, "
-                    f"accumulation {self.accumulation} (same tokens per step)"
-                )
+            self.optimizer.zero_grad(set_to_none=True)  # outside `except`: frees the activations
+            if not self.config.auto_batch or self.batch_size == 1:
+                raise TrainingFailed(out_of_memory_advice(self.config, self.device))
+            self.batch_size //= 2
+            self.accumulation = math.ceil(len(indices) / self.batch_size)
+            empty_cache(self.device)
+            self.log(
+                f"out of memory: micro-batch now {self.batch_size}, "
+                f"accumulation {self.accumulation} (same tokens per step)"
+            )
+
+    def optimizer_step(self, indices: np.ndarray, log: StepLog, metrics: Metrics) -> None:
+        """One optimizer step at the scheduled learning rate; a non-finite loss or gradient
+        skips the update (and too many in a row stop the run)."""
+        progress = self.progress
+        lr = cosine_lr(
+            progress.step, self.config.learning_rate, self.warmup_steps, self.total_steps,
+            self.config.min_lr_ratio,
+        )  # fmt: skip
+        set_learning_rate(self.optimizer, lr)
+        step_loss, grad_norm = self.train_step(indices)
+        distributed.mean_over_ranks(step_loss, self.world)
+        # One host sync per optimizer step (never per micro-batch): skip bad updates.
+        finite = bool(torch.isfinite(step_loss + grad_norm))
+        if finite:
+            self.optimizer.step()
+            self.bad_in_a_row = 0
+        else:
+            self.bad_in_a_row += 1
+            progress.skipped_steps += 1
+            metrics.scalars(progress.step, {"train/skipped_steps": progress.skipped_steps})
+            self.log(f"step {progress.step}: non-finite loss or gradient, update skipped")
+        self.optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        progress.step_in_epoch += 1
+        log.step(progress.step, step_loss if finite else None, lr, grad_norm)
+        if self.bad_in_a_row >= self.config.max_bad_steps:
+            raise TrainingFailed(
+                f"{self.bad_in_a_row} optimizer steps in a row had a non-finite loss or "
+                "gradient. Likely causes: learning rate too high (lower --learning_rate), too "
+                "short warmup, or float16 overflow (use bfloat16 or float32). Last good "
+                f"checkpoint: {self.last_good()}"
+            )
 
     # ---- evaluation --------------------------------------------------------------------------
 
@@ -311,10 +261,10 @@ class Trainer:
     def evaluate(self) -> float:
         """Mean validation loss over (up to eval_max_batches of) the validation windows."""
         self.model.eval()
-        n = len(self.val_windows)
-        starts = range(0, n, self.args.batch_size)
-        if self.args.eval_max_batches:
-            starts = starts[: self.args.eval_max_batches]
+        n, size = len(self.val_windows), self.config.batch_size
+        starts = range(0, n, size)
+        if self.config.eval_max_batches:
+            starts = starts[: self.config.eval_max_batches]
         total = torch.zeros(2, device=self.device)  # (sum of losses * windows, windows)
         mine = starts[self.world.rank :: self.world.size]
         # FSDP all-gathers parameters inside forward, so every rank must run as many forwards:
@@ -322,9 +272,9 @@ class Trainer:
         rounds = math.ceil(len(starts) / self.world.size) if self.fsdp else len(mine)
         for i in range(rounds):
             start = mine[i] if i < len(mine) else starts[0]
-            x, y = self.val_windows.batch(range(start, min(n, start + self.args.batch_size)))
+            x, y = self.val_windows.batch(range(start, min(n, start + size)))
             x, y = x.to(self.device), y.to(self.device)
-            with self._context():
+            with self.autocast():
                 _, loss = self.model(x, y)
             if i < len(mine):
                 windows = torch.tensor(len(x), device=self.device)
@@ -334,6 +284,7 @@ class Trainer:
         return (total[0] / total[1]).item()
 
     def validate(self, metrics: Metrics) -> float:
+        """Evaluate, log the curve point and a text sample, keep best_model.pt up to date."""
         val_loss = self.evaluate()
         metrics.scalars(
             self.progress.step,
@@ -347,140 +298,64 @@ class Trainer:
             metrics.text(self.progress.step, "samples", sample)
         if val_loss < self.progress.best_val_loss:
             self.progress.best_val_loss = val_loss
-            self.save("best_model.pt", val_loss, resumable=False)
+            self.save(BEST_MODEL, val_loss, resumable=False)
         return val_loss
 
     # ---- the loop ----------------------------------------------------------------------------
 
-    def log(self, message: str) -> None:
-        if self.world.is_main:
-            tqdm.write(message, file=sys.stderr)
-
     def fit(self) -> int:
-        """Train to the end of the last epoch; return the process exit code."""
-        args, progress = self.args, self.progress
-        # Points logged after the checkpoint by an interrupted run are dropped and redone.
+        """Train to the end of the last epoch; return the exit code (0, or 128 + signal)."""
+        progress, config = self.progress, self.config
+        # Points an interrupted run logged after its checkpoint are dropped and redone.
         metrics = Metrics(
-            self.output_dir / "tensorboard",
+            self.output_dir / TENSORBOARD_DIR,
             enabled=self.world.is_main,
             purge_step=progress.step + 1 if self.resumed else None,
         )
+        log = StepLog(
+            metrics, total_steps=self.total_steps, start_step=progress.step,
+            tokens_per_step=self.tokens_per_step, interval=config.log_interval,
+            device=self.device, enabled=self.world.is_main,
+        )  # fmt: skip
         self.model.train()
-        if not self.resumed:
-            self.validate(metrics)  # the step-0 point of the validation curve
-
-        bar = tqdm(
-            total=self.total_steps,
-            initial=progress.step,
-            desc="training",
-            unit="step",
-            disable=not self.world.is_main,
-            dynamic_ncols=True,
-        )
-        self.stop.install()
-        tokens_per_step = self.sampler.windows_per_step * self.world.size * args.max_length
-        log_loss = torch.zeros((), device=self.device)
-        log_steps, log_time, bad_in_a_row = 0, time.perf_counter(), 0
-        val_loss, stopped = None, False
+        val_loss = None
         try:
-            while progress.epoch < args.num_epochs:
+            if not self.resumed:
+                self.validate(metrics)  # the step-0 point of the validation curve
+            self.stop.install()
+            while progress.epoch < config.num_epochs:
                 for indices in self.sampler.step_windows(progress.epoch, progress.step_in_epoch):
-                    lr = learning_rate_at(
-                        progress.step,
-                        args.learning_rate,
-                        self.warmup_steps,
-                        self.total_steps,
-                        args.min_lr_ratio,
-                    )
-                    for group in self.optimizer.param_groups:
-                        group["lr"] = lr
-                    step_loss, grad_norm = self._step(indices)
-                    distributed.mean_over_ranks(step_loss, self.world)
-                    # One host sync per optimizer step (never per micro-batch): skip bad updates.
-                    finite = bool(torch.isfinite(step_loss + grad_norm))
-                    if finite:
-                        self.optimizer.step()
-                        bad_in_a_row = 0
-                        log_loss += step_loss
-                        log_steps += 1
-                    else:
-                        bad_in_a_row += 1
-                        progress.skipped_steps += 1
-                        metrics.scalars(
-                            progress.step, {"train/skipped_steps": progress.skipped_steps}
-                        )
-                        self.log(
-                            f"step {progress.step}: non-finite loss or gradient, update skipped"
-                        )
-                    self.optimizer.zero_grad(set_to_none=True)
-                    progress.step += 1
-                    progress.step_in_epoch += 1
-                    bar.update(1)
-
-                    if progress.step % args.log_interval == 0 and log_steps:
-                        elapsed = time.perf_counter() - log_time
-                        loss = (log_loss / log_steps).item()
-                        tps = tokens_per_step * args.log_interval / elapsed
-                        metrics.scalars(
-                            progress.step,
-                            {
-                                "train/loss": loss,
-                                "train/lr": lr,
-                                "train/grad_norm": float(grad_norm),
-                                "train/tokens_per_sec": tps,
-                            },
-                        )
-                        bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tps:,.0f}")
-                        log_loss.zero_()
-                        log_steps, log_time = 0, time.perf_counter()
-                    if bad_in_a_row >= args.max_bad_steps:
-                        raise TrainingFailed(
-                            f"{bad_in_a_row} optimizer steps in a row had a non-finite loss or "
-                            "gradient. Likely causes: learning rate too high (lower "
-                            "--learning_rate), too short warmup, or float16 overflow (use "
-                            f"bfloat16 or float32). Last good checkpoint: {self.last_good()}"
-                        )
-                    at_epoch_end = progress.step_in_epoch == self.sampler.steps_per_epoch
-                    if args.eval_interval and progress.step % args.eval_interval == 0:
-                        if not at_epoch_end:
+                    self.optimizer_step(indices, log, metrics)
+                    epoch_end = progress.step_in_epoch == self.sampler.steps_per_epoch
+                    if config.eval_interval and progress.step % config.eval_interval == 0:
+                        if not epoch_end:
                             val_loss = self.validate(metrics)
-                    if args.save_interval and progress.step % args.save_interval == 0:
-                        self.save("checkpoint_last.pt", val_loss)
-                    if distributed.any_rank(self.stop.signum is not None, self.world):
-                        raise _StopRequested
-
-                progress.epoch += 1
-                progress.step_in_epoch = 0
+                    if config.save_interval and progress.step % config.save_interval == 0:
+                        self.save(LAST_CHECKPOINT, val_loss)
+                    self._stop_if_asked()
+                progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
                 val_loss = self.validate(metrics)
-                self.save(f"checkpoint_epoch_{progress.epoch}.pt", val_loss)
+                self.save(epoch_checkpoint(progress.epoch), val_loss)
                 self.log(f"epoch {progress.epoch}: validation loss {val_loss:.4f}")
-                if distributed.any_rank(self.stop.signum is not None, self.world):
-                    raise _StopRequested
+                self._stop_if_asked()
         except _StopRequested:
-            stopped = True
-            self.save("checkpoint_last.pt", None)
-        finally:
-            bar.close()
-            metrics.close()
-        if stopped:
+            self.save(LAST_CHECKPOINT, None)
+            log.close()  # the bar's last line before ours
             self.log(
-                f"Stopped at step {progress.step}; saved {self.output_dir / 'checkpoint_last.pt'}."
+                f"Stopped at step {progress.step}; saved {self.output_dir / LAST_CHECKPOINT}."
                 f"\nResume with:\n  {self.resume_hint}"
             )
             return 128 + (self.stop.signum or signal.SIGTERM)  # a rank told by another
+        finally:
+            log.close()
+            metrics.close()
         self.log(
-            f"Done: best validation loss {progress.best_val_loss:.4f}. "
-            f"Outputs in {self.output_dir} (tensorboard --logdir {self.output_dir / 'tensorboard'})"
+            f"Done: best validation loss {progress.best_val_loss:.4f}. Outputs in "
+            f"{self.output_dir} (tensorboard --logdir {self.output_dir / TENSORBOARD_DIR})"
         )
         return 0
 
-    def last_good(self) -> str:
-        found = resumable_checkpoints(self.output_dir)
-        return str(found[0]) if found else "none yet"
-
-
-def empty_cache(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
+    def _stop_if_asked(self) -> None:
+        """All ranks stop at the same step when any of them got SIGINT/SIGTERM."""
+        if distributed.any_rank(self.stop.signum is not None, self.world):
+            raise _StopRequested

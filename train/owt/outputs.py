@@ -1,0 +1,77 @@
+"""The OUTPUT_DIR contract: what pretrain.py writes there and which files continue a run.
+
+    OUTPUT_DIR/config.json              the run's settings and what they resolved to
+    OUTPUT_DIR/checkpoint_epoch_{N}.pt  after each epoch (resumable)
+    OUTPUT_DIR/checkpoint_last.pt       every --save_interval steps and on SIGINT/SIGTERM
+    OUTPUT_DIR/best_model.pt            weights with the best validation loss (not resumable)
+    OUTPUT_DIR/tensorboard/             the curves and text samples
+
+Plain paths only (no torch), so a wrong --output_dir or --resume is reported at once.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from owt.cli import UsageError
+
+CONFIG_FILE = "config.json"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_MODEL = "best_model.pt"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    return f"checkpoint_epoch_{epoch}.pt"
+
+
+def resumable_checkpoints(output_dir: Path | str) -> list[Path]:
+    """checkpoint_last.pt and checkpoint_epoch_*.pt in `output_dir`, newest first."""
+    output_dir = Path(output_dir)
+    paths = [output_dir / LAST_CHECKPOINT, *output_dir.glob("checkpoint_epoch_*.pt")]
+    return sorted(
+        (p for p in paths if p.is_file()), key=lambda p: p.stat().st_mtime_ns, reverse=True
+    )
+
+
+def remove_stale_temp_files(output_dir: Path | str) -> None:
+    """Delete temp files a killed save left behind (they never carry a checkpoint's name)."""
+    for tmp in Path(output_dir).glob(".*.pt.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def check_output_dir(path: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse a file, an unwritable folder, or a folder holding a run we were not told to resume."""
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output_dir {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--output_dir {path} is not writable ({exc.strerror})") from None
+    if resume is None and not overwrite and resumable_checkpoints(path):
+        raise UsageError(
+            f"--output_dir {path} already holds a run: pass --resume auto to continue it, "
+            "--overwrite to start afresh there, or choose another --output_dir"
+        )
+
+
+def resume_path(resume: str | None, output_dir: Path) -> Path | None:
+    """The checkpoint `--resume` names: 'auto' = the newest resumable one in `output_dir`
+    (None, with a note, if there is none yet); a path must exist."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        found = resumable_checkpoints(output_dir)
+        if not found:
+            print(
+                "--resume auto: no checkpoint in output_dir yet, starting afresh", file=sys.stderr
+            )
+        return found[0] if found else None
+    path = Path(resume)
+    if not path.is_file():
+        raise UsageError(f"Checkpoint not found: {path}")
+    return path
