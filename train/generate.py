@@ -72,7 +72,7 @@ def generate(args: argparse.Namespace) -> list[list[int]]:
         f"{model.num_parameters() / 1e6:.1f}M params on {device}; prompt {len(prompt_ids)} tokens",
         file=sys.stderr,
     )
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)  # pick_token draws on the CPU
     samples = []
     for i in range(args.num_samples):
         tokens = generate_ids(

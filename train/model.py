@@ -58,8 +58,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 for stability under bf16 autocast, as Llama does.
-        return self.weight * F.rms_norm(x.float(), (x.size(-1),), eps=self.eps).type_as(x)
+        # Statistics in fp32, for stability under bf16 autocast, as Llama does; the gain goes
+        # into F.rms_norm, so backends with a fused kernel (MPS, CPU) apply it in the same pass.
+        return F.rms_norm(x.float(), (x.size(-1),), self.weight, self.eps).type_as(x)
 
 
 def rope_cos_sin(config: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -143,9 +144,11 @@ class Attention(nn.Module):
             mask = None  # one new token may attend to every cached position
             if T > 1:  # is_causal aligns top-left, but query i sits at position start + i
                 mask = torch.ones(T, end, dtype=torch.bool, device=x.device).tril(start)
-            y = F.scaled_dot_product_attention(
-                q, kv[0, :, :, :end], kv[1, :, :, :end], attn_mask=mask
-            )
+            # Contiguous copies (small: one token's queries, the cache so far): MPS attention
+            # kernels have returned wrong values for strided queries and KV slices
+            # (pytorch#163597, #170874, #181133).
+            keys, values = kv[0, :, :, :end].contiguous(), kv[1, :, :, :end].contiguous()
+            y = F.scaled_dot_product_attention(q.contiguous(), keys, values, attn_mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
 
 

@@ -148,6 +148,13 @@ class TrainConfig:
                 "process: run torchrun --nproc_per_node N train/pretrain.py ... --fsdp, or drop "
                 "--fsdp"
             )
+        if self.auto_batch and world_size > 1:
+            raise UsageError(
+                "--auto_batch cannot shrink every process's micro-batch at once under torchrun "
+                "(an out-of-memory rank would leave the others waiting in a collective): drop "
+                "--auto_batch and lower --batch_size, raising --gradient_accumulation_steps by "
+                "the same factor (same tokens per step)"
+            )
         if self.max_length > self.max_position_embeddings:
             raise UsageError(
                 f"--max_length {self.max_length} > --max_position_embeddings "

@@ -28,6 +28,8 @@ training steps in bf16 (benchmarks/README.md, "cpu_attention"); model.py uses it
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -92,10 +94,25 @@ class _BlockCausalAttention(torch.autograd.Function):
         return tuple(g.view(ctx.shape).to(dtype) for g in (grad_q, grad_k, grad_v))
 
 
+_enabled = True
+
+
+@contextmanager
+def disabled() -> Iterator[None]:
+    """Use torch's kernel meanwhile (what other devices run, e.g. for MPS-path checks)."""
+    global _enabled
+    before, _enabled = _enabled, False
+    try:
+        yield
+    finally:
+        _enabled = before
+
+
 def suits(q: torch.Tensor) -> bool:
     """Whether to use causal_attention for these queries: CPU training in fp32 or bf16, T <= 512."""
     return (
-        q.device.type == "cpu"
+        _enabled
+        and q.device.type == "cpu"
         and q.dtype in (torch.float32, torch.bfloat16)  # fp64 would lose precision in fp32
         and torch.is_grad_enabled()
         and q.size(-2) <= MAX_SEQ_LEN

@@ -7,6 +7,8 @@ memory readings. pretrain.py, generate.py and the benchmarks all decide these he
     autocast(device, dtype)         torch.autocast for bf16/fp16, a no-op for fp32
     setup_backend(device)           TF32 on CUDA; thread count on CPU
     tune_cpu_allocator()            keep freed memory in the process (glibc), huge pages
+    to_device(device, *tensors)     host batches to the device, non-blocking only where safe
+    limit_mps_memory()              cap MPS at the recommended working set (no swapping)
     is_out_of_memory(exc), empty_cache(device), synchronize(device)
     reset_peak_memory(device), peak_memory_bytes(device), cpu_rss_bytes()
 
@@ -80,7 +82,8 @@ DTYPES: dict[str, torch.dtype] = {
 def resolve_dtype(device: torch.device | str, name: str = "auto") -> torch.dtype:
     """The autocast dtype for `--dtype name`; "auto" picks per device.
 
-    auto: CUDA -> bf16 if supported, else fp32 (fp16 would need loss scaling). MPS -> fp32
+    auto: CUDA -> bf16 where the GPU has it natively (Ampere and later), else fp32 (fp16 would
+    need loss scaling). MPS -> fp32
     (autocast on MPS is slower or unsupported in many torch versions). CPU -> bf16 where the CPU
     has native bf16 dot products (cpu_supports_bf16): 2.1-2.8x faster steps than fp32 there,
     with validation curves that track fp32's; else fp32.
@@ -91,7 +94,9 @@ def resolve_dtype(device: torch.device | str, name: str = "auto") -> torch.dtype
             raise ValueError(f"unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}")
         return DTYPES[name]
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        # Native bf16 only (Ampere and later): pre-Ampere GPUs emulate it, slower than fp32.
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float32
     if device.type == "cpu" and cpu_supports_bf16():
         return torch.bfloat16
     return torch.float32
@@ -208,11 +213,71 @@ def tune_cpu_allocator() -> bool:
 # ---- out of memory, synchronisation, memory readings -----------------------------------------
 
 
+# How the backends word an allocation that failed: CUDA and the CPU raise OutOfMemoryError;
+# MPS raises RuntimeError("MPS backend out of memory ...") past its memory limit and
+# RuntimeError("Invalid buffer size: ...") for a single buffer larger than Metal allows.
+OUT_OF_MEMORY_MESSAGES = ("out of memory", "invalid buffer size")
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError (CUDA), or the RuntimeError other backends raise for it."""
+    """Whether `exc` is a failed allocation on any device (see OUT_OF_MEMORY_MESSAGES)."""
     if isinstance(exc, torch.OutOfMemoryError):
         return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    message = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(m in message for m in OUT_OF_MEMORY_MESSAGES)
+
+
+def to_device(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Copy CPU batches to `device`. To CUDA through pinned memory without blocking (the copy
+    overlaps compute, and the pinned buffer lives until it is done); everywhere else a plain
+    blocking copy: a non-blocking copy from pageable memory can be read by MPS after that
+    memory was freed and reused, i.e. silently wrong token ids (pytorch#139550, #189690)."""
+    pin, non_blocking = transfer_plan(device)
+    if pin:
+        tensors = tuple(t.pin_memory() for t in tensors)
+    return tuple(t.to(device, non_blocking=non_blocking) for t in tensors)
+
+
+def transfer_plan(device: torch.device) -> tuple[bool, bool]:
+    """(pin the host tensor, copy non-blocking) for host-to-`device` copies."""
+    return (True, True) if device.type == "cuda" else (False, False)
+
+
+MPS_MEMORY_ENV = "PYTORCH_MPS_HIGH_WATERMARK_RATIO"
+
+
+def mps_memory_fraction(environ: dict[str, str] | None = None) -> float | None:
+    """The cap to put on MPS allocations, as a fraction of Metal's recommended working set:
+    1.0 unless the user set PYTORCH_MPS_HIGH_WATERMARK_RATIO (then theirs stands: None).
+
+    MPS's own default lets a process grow to ~1.7x the recommended working set (~18 GB on a
+    16 GB Mac): macOS then swaps the machine to a crawl long before an out-of-memory error
+    could let --auto_batch act. At 1.0 the error comes first."""
+    environ = os.environ if environ is None else environ
+    return None if MPS_MEMORY_ENV in environ else 1.0
+
+
+def limit_mps_memory() -> int | None:
+    """Cap this process's MPS allocations (see mps_memory_fraction); the cap in bytes, or None
+    if the user's PYTORCH_MPS_HIGH_WATERMARK_RATIO decides."""
+    fraction = mps_memory_fraction()
+    if fraction is None:
+        return None
+    torch.mps.set_per_process_memory_fraction(fraction)
+    return int(torch.mps.recommended_max_memory() * fraction)
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """How much memory a run may use on `device`: the MPS recommended working set, the CUDA
+    card's total, the machine's RAM for the CPU (None where unknown)."""
+    if device.type == "mps":
+        return int(torch.mps.recommended_max_memory())
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def empty_cache(device: torch.device) -> None:

@@ -18,7 +18,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from owt.cli import UsageError
 from owt.config import torchrun_world_size
+
+# The ranks wait this long at the one barrier where rank 0 tokenizes the whole dataset (hours
+# for OpenWebText on a few cores); every other collective keeps torch's default timeout, so a
+# rank that died is noticed in minutes.
+TOKENIZATION_TIMEOUT = timedelta(hours=6)
 
 
 @dataclass(frozen=True)
@@ -26,10 +32,23 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
+    patient_group: Any = None  # gloo group with TOKENIZATION_TIMEOUT, for wait_for_main
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def check_launch(device_type: str, world_size: int, fsdp: bool) -> None:
+    """Refuse process layouts that cannot work on `device_type` (UsageError, exit status 2)."""
+    if device_type == "mps" and world_size > 1:
+        raise UsageError(
+            f"torchrun started {world_size} processes on a Mac: they would share its one GPU, "
+            "and gloo cannot carry MPS tensors. Run train/pretrain.py without torchrun (use "
+            "--gradient_accumulation_steps for a bigger batch)"
+        )
+    if fsdp and device_type not in ("cuda", "cpu"):
+        raise UsageError(f"--fsdp runs on CUDA or CPU, not {device_type}: drop --fsdp")
 
 
 def init_world(device_type: str) -> World:
@@ -38,17 +57,19 @@ def init_world(device_type: str) -> World:
         return World()
     # any_rank and the stop flag use CPU tensors: on CUDA, gloo carries those and NCCL the rest.
     backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
-    # Long timeout: the other ranks wait at a barrier while rank 0 tokenizes the dataset.
-    dist.init_process_group(backend=backend, timeout=timedelta(hours=6))
-    world = World(dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0")), dist.get_world_size())
+    dist.init_process_group(backend=backend)
+    patient = dist.new_group(backend="gloo", timeout=TOKENIZATION_TIMEOUT)
+    rank, local_rank = dist.get_rank(), int(os.environ.get("LOCAL_RANK", "0"))
+    world = World(rank, local_rank, dist.get_world_size(), patient)
     if device_type == "cuda":
         torch.cuda.set_device(world.local_rank)
     return world
 
 
-def barrier(world: World) -> None:
+def wait_for_main(world: World) -> None:
+    """Every rank waits here until rank 0 arrives (it may be tokenizing for hours)."""
     if world.size > 1:
-        dist.barrier()
+        dist.barrier(group=world.patient_group)
 
 
 def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:

@@ -10,7 +10,7 @@ with one such fp32 buffer (plus its bf16 copies under autocast), updated in plac
               loss = mean(max + log s - z_target)
               z[target] <- z[target] - s         so that z = s * (softmax - onehot)
     backward  with r = (dloss / N) / s per token:
-              dh = r * (z^T W),   dW = z (r h)   two matmuls, nothing else of that size
+              dh = r * (W^T z)^T,   dW = z (r h)   two matmuls, nothing else of that size
 
 Subtracting s before any rounding to bf16 keeps the confidently predicted tokens' gradient
 (softmax - 1, close to 0) as precise as F.cross_entropy's.
@@ -55,7 +55,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         z = z.to(h.dtype)  # no-op in fp32; the matmuls' dtype under autocast
         grad_hidden = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_hidden = (torch.mm(z.t(), w).float() * row_scale).to(ctx.input_dtypes[0])
+            # (W^T z)^T, not z^T W: no matmul input is a transposed (vocab x tokens) view, which
+            # MPS before macOS 15 would copy into a second buffer of that size.
+            grad_hidden = torch.mm(w.t(), z).t()
+            grad_hidden = (grad_hidden.float() * row_scale).to(ctx.input_dtypes[0])
         if ctx.needs_input_grad[1]:
             scaled_hidden = (h.float() * row_scale).to(h.dtype)
             grad_weight = torch.mm(z, scaled_hidden).to(ctx.input_dtypes[1])

@@ -18,10 +18,13 @@ from model import LlamaForTraining
 from owt import distributed
 from owt.checkpointing import load_checkpoint
 from owt.cli import UsageError
-from owt.config import TrainConfig
+from owt.config import TrainConfig, torchrun_world_size
 from owt.devices import (
+    MPS_MEMORY_ENV,
+    device_memory_bytes,
     format_dtype,
     is_out_of_memory,
+    limit_mps_memory,
     resolve_compile,
     resolve_device,
     resolve_dtype,
@@ -29,6 +32,7 @@ from owt.devices import (
     tune_cpu_allocator,
 )
 from owt.distributed import World
+from owt.memory import fit_advice
 from owt.outputs import CONFIG_FILE, remove_stale_temp_files
 from owt.token_cache import TokenCache, load_or_build_token_cache
 from owt.token_windows import TokenWindows
@@ -49,11 +53,18 @@ class Runtime:
 def start_runtime(config: TrainConfig) -> Runtime:
     """Pick the device, dtype and compile choice, tune the backend, join torchrun's group."""
     device = resolve_device(config.device)
+    distributed.check_launch(device.type, torchrun_world_size(), config.fsdp)
     if device.type == "cpu":
         tune_cpu_allocator()  # before torch allocates anything large
+    if device.type == "mps":
+        cap = limit_mps_memory()
+        if cap is not None:
+            print(
+                f"MPS memory capped at {cap / 1e9:.1f} GB, Metal's recommended working set, so "
+                f"an out-of-memory error comes before swapping ({MPS_MEMORY_ENV} overrides it)",
+                file=sys.stderr,
+            )
     setup_backend(device)
-    if config.fsdp and device.type not in ("cuda", "cpu"):
-        raise UsageError(f"--fsdp runs on CUDA or CPU, not {device.type}: drop --fsdp")
     world = distributed.init_world(device.type)
     if world.size > 1 and device.type == "cuda":
         device = torch.device("cuda", world.local_rank)
@@ -80,7 +91,7 @@ def token_windows(
     if world.is_main:
         cache, built = load_or_build_token_cache(Path(config.data_dir), files, encoder)
         print(f"token cache {'built' if built else 'reused'}: {cache.directory}", file=sys.stderr)
-    distributed.barrier(world)
+    distributed.wait_for_main(world)
     if not world.is_main:
         cache, _ = load_or_build_token_cache(Path(config.data_dir), files, encoder)
     train = TokenWindows(cache.tokens("train"), config.max_length)
@@ -108,6 +119,20 @@ def build_model(config: TrainConfig, device: torch.device) -> LlamaForTraining:
     model.gradient_checkpointing = config.gradient_checkpointing
     # FSDP moves each block to the device as it shards it (distributed.parallelize).
     return model if config.fsdp else model.to(device)
+
+
+def warn_if_too_big(config: TrainConfig, runtime: Runtime) -> None:
+    """Say before training whether a step fits the device by the memory count (owt.memory):
+    on a Mac an oversized step swaps the machine to a crawl instead of failing."""
+    limit = device_memory_bytes(runtime.device)
+    if limit is None:
+        return
+    advice = fit_advice(
+        config.model_config(), config.batch_size, config.max_length, limit,
+        dtype=runtime.dtype, gradient_checkpointing=config.gradient_checkpointing,
+    )  # fmt: skip
+    if advice is not None:
+        print(f"warning: {advice}", file=sys.stderr)
 
 
 def resume_command() -> str:
@@ -156,6 +181,8 @@ def train(
     resume_state: dict[str, Any] | None = load_checkpoint(resume_from) if resume_from else None
     encoder = load_tokenizer(config)
     cache, train_windows, val_windows = token_windows(config, files, encoder, world)
+    if device.type == "mps":
+        warn_if_too_big(config, runtime)
     model = build_model(config, device)
     trainer = Trainer(
         config, model, train_windows, val_windows, device=device, dtype=runtime.dtype,

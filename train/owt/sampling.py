@@ -40,15 +40,20 @@ def pick_token(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> int:
-    """Choose the next token from one position's logits (vocab,).
+    """Choose the next token from one position's logits (vocab,), on any device.
 
     temperature == 0 is greedy (argmax, as transformers' do_sample=False). Otherwise sample from
     softmax(logits / temperature), keeping only the top_k most likely tokens, then the smallest
     set whose probability reaches top_p (the order transformers applies them in).
+
+    Everything after the copy of the logits runs on the CPU in fp32 with `generator` (a CPU
+    generator): MPS `multinomial` has returned masked-out tokens (pytorch#192577, #136623), and
+    the same logits and seed then give the same token on every device.
     """
+    logits = logits.detach().to("cpu", torch.float32)
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits.float() / temperature
+    logits = logits / temperature
     if top_k and top_k < logits.size(-1):
         kth_best = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth_best, float("-inf"))
@@ -214,7 +219,7 @@ def sample_text(
     model.eval()
     try:
         with torch.autocast(device.type, enabled=False):
-            generator = torch.Generator(device=device).manual_seed(seed)
+            generator = torch.Generator().manual_seed(seed)  # tokens are drawn on the CPU
             new_ids = generate_ids(
                 model,
                 prompt_to_ids(tokenizer, prompt),

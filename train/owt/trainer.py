@@ -32,7 +32,7 @@ from owt.checkpointing import (
 )
 from owt.cli import ScriptError
 from owt.config import TrainConfig
-from owt.devices import autocast, empty_cache, is_out_of_memory
+from owt.devices import autocast, empty_cache, is_out_of_memory, to_device
 from owt.distributed import World
 from owt.metrics import Metrics, StepLog, log_line
 from owt.optim import build_optimizer, set_learning_rate
@@ -66,19 +66,34 @@ def out_of_memory_advice(config: TrainConfig, device: torch.device) -> str:
     return text + "."
 
 
+def is_compile_failure(exc: BaseException) -> bool:
+    """An error of torch.compile itself (Dynamo, or a backend such as Inductor), not of the
+    model: training can go on without compiling."""
+    from torch._dynamo.exc import TorchDynamoException
+
+    return isinstance(exc, TorchDynamoException)
+
+
 class _StopRequested(Exception):
     """Raised inside the loop after a SIGINT/SIGTERM, once the current step is complete."""
 
 
 class GracefulStop:
-    """First SIGINT/SIGTERM: finish the step, save, exit. Second: exit at once."""
+    """While installed: the first SIGINT/SIGTERM asks the loop to finish its step, save and
+    exit; a second one exits at once. `uninstall` puts the previous handlers back."""
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def uninstall(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
@@ -130,6 +145,7 @@ class Trainer:
         self.step_model = distributed.parallelize(
             model, world, device, fsdp=self.fsdp, compile_model=compile_model
         )
+        self.eager = getattr(self.step_model, "_orig_mod", self.step_model)  # if compile fails
         self.optimizer = build_optimizer(
             model, config.learning_rate, config.weight_decay, device.type
         )
@@ -179,12 +195,8 @@ class Trainer:
         """Forward+backward over one step's windows; return the step's mean loss (on device)."""
         batches = micro_batches(indices, self.batch_size)
         step_loss = torch.zeros((), device=self.device)
-        pin = self.device.type == "cuda"
         for i, batch in enumerate(batches):
-            x, y = self.train_windows.batch(batch)
-            if pin:
-                x, y = x.pin_memory(), y.pin_memory()
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = to_device(self.device, *self.train_windows.batch(batch))
             last = i == len(batches) - 1
             # DDP: all-reduce gradients only on the step's last micro-batch. FSDP reduce-scatters
             # after every micro-batch: skipping it would keep whole unsharded gradients on each
@@ -200,7 +212,8 @@ class Trainer:
 
     def train_step(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate and clip one step's gradients: (mean loss, gradient norm), on device.
-        On out-of-memory with --auto_batch, halve the micro-batch and redo the step."""
+        On out-of-memory with --auto_batch, halve the micro-batch and redo the step; if
+        torch.compile fails (MPS before torch 2.8, no C++ compiler), redo it eagerly."""
         while True:
             try:
                 step_loss = self._accumulate(indices)
@@ -209,14 +222,21 @@ class Trainer:
                 # FSDP: a DTensor (each rank's partial sum); clipping used the full norm.
                 return step_loss, distributed.full_tensor(grad_norm)
             except Exception as exc:
-                if not is_out_of_memory(exc):
+                compile_failed = is_compile_failure(exc) and self.step_model is not self.eager
+                if not (compile_failed or is_out_of_memory(exc)):
                     raise
-            self.optimizer.zero_grad(set_to_none=True)  # outside `except`: frees the activations
+                reason = str(exc).strip().splitlines()[0][:200]
+            # Outside `except`: its traceback no longer holds this step's activations.
+            self.optimizer.zero_grad(set_to_none=True)
+            empty_cache(self.device)
+            if compile_failed:
+                self.step_model = self.eager
+                self.log(f"torch.compile failed ({reason}); training eagerly (--compile off)")
+                continue
             if not self.config.auto_batch or self.batch_size == 1:
                 raise TrainingFailed(out_of_memory_advice(self.config, self.device))
             self.batch_size //= 2
             self.accumulation = math.ceil(len(indices) / self.batch_size)
-            empty_cache(self.device)
             self.log(
                 f"out of memory: micro-batch now {self.batch_size}, "
                 f"accumulation {self.accumulation} (same tokens per step)"
@@ -272,8 +292,9 @@ class Trainer:
         rounds = math.ceil(len(starts) / self.world.size) if self.fsdp else len(mine)
         for i in range(rounds):
             start = mine[i] if i < len(mine) else starts[0]
-            x, y = self.val_windows.batch(range(start, min(n, start + size)))
-            x, y = x.to(self.device), y.to(self.device)
+            x, y = to_device(
+                self.device, *self.val_windows.batch(range(start, min(n, start + size)))
+            )
             with self.autocast():
                 _, loss = self.model(x, y)
             if i < len(mine):
@@ -347,6 +368,7 @@ class Trainer:
             )
             return 128 + (self.stop.signum or signal.SIGTERM)  # a rank told by another
         finally:
+            self.stop.uninstall()
             log.close()
             metrics.close()
         self.log(
