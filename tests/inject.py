@@ -1,4 +1,7 @@
-"""Run pretrain.py's main() with one fault injected, for tests: python inject.py FAULT ARGS...
+"""Run a script of train/ with one fault injected, for tests:
+
+    python tests/inject.py FAULT SCRIPT ARGS...     (SCRIPT: pretrain.py; scripts.run_script's
+                                                   fault= argument builds this command)
 
 Faults (the product code has no test hooks; this wrapper patches it from outside):
     nan:I,J,...    training forward calls number I, J... (0-based) return a NaN loss
@@ -6,7 +9,11 @@ Faults (the product code has no test hooks; this wrapper patches it from outside
     oom:N          a micro-batch of more than N sequences raises torch.OutOfMemoryError
     enospc:MODULE  writes through os.fdopen in MODULE (token_cache, checkpointing) fail with
                    ENOSPC after 4 KiB, as on a full disk
+    enospc:MODULE:K  only the K-th file MODULE opens that way (1-based) fails so: the disk fills
+                   up after K - 1 files were written (checkpointing: the K-th checkpoint save)
     signal:NAME:I  training forward call I sends signal NAME (e.g. SIGTERM) to this process
+    slow:SECONDS   every training forward sleeps SECONDS first: a slow step, so that a signal
+                   sent during a step lands while the step is still running
     hang_save:K:MARKER  the K-th checkpoint save (1-based) writes half its bytes, creates
                    MARKER, then sleeps: the test kills the process there
 """
@@ -58,8 +65,10 @@ def inject(fault: str) -> None:
 
         model.LlamaForTraining.forward = oom_forward
     elif kind == "enospc":
-        target = importlib.import_module(f"owt.{spec}")
+        module, _, nth = spec.partition(":")
+        target = importlib.import_module(f"owt.{module}")
         real_fdopen = os.fdopen
+        opened = {"n": 0}
 
         class FullDisk(io.RawIOBase):
             def __init__(self, f):
@@ -91,7 +100,9 @@ def inject(fault: str) -> None:
 
             @staticmethod
             def fdopen(fd, *args, **kwargs):
-                return FullDisk(real_fdopen(fd, *args, **kwargs))
+                opened["n"] += 1
+                f = real_fdopen(fd, *args, **kwargs)
+                return FullDisk(f) if not nth or opened["n"] == int(nth) else f
 
         target.os = PatchedOs()
     elif kind == "signal":
@@ -109,6 +120,16 @@ def inject(fault: str) -> None:
             return original(self, input_ids, targets, **kwargs)
 
         model.LlamaForTraining.forward = signalling_forward
+    elif kind == "slow":
+        seconds = float(spec)
+        original = model.LlamaForTraining.forward
+
+        def slow_forward(self, input_ids, targets=None, **kwargs):
+            if self.training:
+                time.sleep(seconds)
+            return original(self, input_ids, targets, **kwargs)
+
+        model.LlamaForTraining.forward = slow_forward
     elif kind == "hang_save":
         count, marker = spec.split(":", 1)
         from owt import checkpointing
@@ -134,6 +155,6 @@ def inject(fault: str) -> None:
 
 if __name__ == "__main__":
     inject(sys.argv[1])
-    script = Path(__file__).resolve().parents[1] / "train" / "pretrain.py"
-    sys.argv = [str(script), *sys.argv[2:]]
+    script = Path(__file__).resolve().parents[1] / "train" / sys.argv[2]
+    sys.argv = [str(script), *sys.argv[3:]]
     runpy.run_path(str(script), run_name="__main__")  # the real script, with the fault in place

