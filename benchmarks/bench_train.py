@@ -47,6 +47,7 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -78,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 | auto (autocast dtype)")
     add_flags(p, "compile")
+    p.add_argument(
+        "--compile_embedding",
+        action="store_true",
+        help="compile the token embedding too (faster by what this measures, not reproducible)",
+    )
     p.add_argument("--shapes", nargs="+", default=DEFAULT_SHAPES, help="LAYERSxWIDTHxSEQxBATCH")
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -326,7 +332,13 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
 
     compiled = devices.resolve_compile(device, args.compile)
     if compiled:
-        loss_fn = torch.compile(loss_fn)
+        # As pretrain.py compiles (the embedding eagerly), unless --compile_embedding.
+        compile_step = (
+            torch.compile
+            if args.compile_embedding
+            else partial(devices.compile_for_training, model)
+        )
+        loss_fn = compile_step(loss_fn)
 
     with tempfile.TemporaryDirectory() as tmp:
         token_file = make_token_file(Path(tmp), args.data_tokens, REAL_VOCAB)
@@ -410,6 +422,7 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
         "compile": compiled,
+        "compile_embedding": compiled and args.compile_embedding,
         "vocab_size": vocab,
         "pad_mode": args.pad_mode,
         "fused_qkv": args.fused_qkv,

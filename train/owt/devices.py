@@ -4,6 +4,7 @@ memory readings. pretrain.py, generate.py and the benchmarks all decide these he
     resolve_device(name)            "auto" -> MPS, then CUDA, then CPU
     resolve_dtype(device, name)     "auto" -> the fastest dtype that trains as well as fp32
     resolve_compile(device, choice) "auto" -> torch.compile where it is known to work and help
+    compile_for_training(model, m)  torch.compile m (model or its wrapper), reproducibly
     autocast(device, dtype)         torch.autocast for bf16/fp16, a no-op for fp32
     setup_backend(device)           TF32 on CUDA; thread count on CPU
     tune_cpu_allocator()            keep freed memory in the process (glibc), huge pages
@@ -26,6 +27,7 @@ import platform
 import resource
 import shutil
 import sys
+from typing import Any
 
 import torch
 
@@ -125,6 +127,22 @@ def resolve_compile(device: torch.device | str, choice: str = "auto") -> bool:
     kind = torch.device(device).type
     supported = kind == "cuda" or (kind == "cpu" and sys.platform.startswith("linux"))
     return supported and cxx_compiler() is not None
+
+
+def compile_for_training(model: torch.nn.Module, step: Any = None) -> Any:
+    """torch.compile `step` (`model` itself, its DDP wrapper or a function calling it) with
+    `model`'s token
+    embedding left out of the graph, so that runs repeat bit for bit.
+
+    Inductor turns the embedding's backward into a parallel loop of atomic adds into the
+    gradient rows: on a multi-threaded CPU the order of those float additions changes from run
+    to run, and bf16 rounding grew the difference to 1e-2 in the weights after two epochs of a
+    tiny model. Eager aten sums each row in a fixed order. What this costs is measured in
+    benchmarks/README.md (bench_train.py --compile_embedding).
+    """
+    embedding = model.model.embed_tokens
+    embedding.forward = torch.compiler.disable(embedding.forward, recursive=False)
+    return torch.compile(model if step is None else step)
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype) -> contextlib.AbstractContextManager:

@@ -20,6 +20,7 @@ import torch.nn as nn
 
 from owt.cli import UsageError
 from owt.config import torchrun_world_size
+from owt.devices import compile_for_training
 
 # The ranks wait this long at the one barrier where rank 0 tokenizes the whole dataset (hours
 # for OpenWebText on a few cores); every other collective keeps torch's default timeout, so a
@@ -115,7 +116,7 @@ def parallelize(
 
         ids = [device.index] if device.type == "cuda" else None
         step_model = DistributedDataParallel(model, device_ids=ids)
-    return torch.compile(step_model) if compile_model else step_model
+    return compile_for_training(model, step_model) if compile_model else step_model
 
 
 # ---- FSDP2 ------------------------------------------------------------------------------------
