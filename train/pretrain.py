@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig.from_args(args).validate(torchrun_world_size())
     # The cheap checks first: a wrong flag, folder or file is reported before torch loads.
     output_dir = Path(config.output_dir)
-    check_output_dir(output_dir, config.resume, config.overwrite)
+    if not config.dry_run:  # a dry run writes nothing there
+        check_output_dir(output_dir, config.resume, config.overwrite)
     resume_from = resume_path(config.resume, output_dir)
     files = find_dataset(config.data_dir)
     for paths in files.values():

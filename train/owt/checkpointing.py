@@ -8,6 +8,7 @@ reads it and a crafted pickle cannot run code:
     tokenizer_name   what --tokenizer_name was
     step, epoch      optimizer steps done, epochs completed
     val_loss         validation loss when written (None if not evaluated)
+    val_bpb          validation bits per byte, likewise
     optimizer, progress, signature, rng      resumable checkpoints only
 
 The format does not depend on how the run was launched: one process, DDP and FSDP (which
@@ -110,7 +111,9 @@ class Progress:
     epoch: int = 0  # epochs completed
     step_in_epoch: int = 0
     best_val_loss: float = math.inf
+    best_val_bpb: float | None = None  # of the validation with the best loss
     skipped_steps: int = 0  # non-finite updates skipped
+    elapsed_seconds: float = 0.0  # training time so far: what --max_time counts
 
 
 def run_signature(
@@ -168,12 +171,13 @@ def global_batch_hint(saved: int | None, batch_size: int, accumulation: int, wor
 
 def training_state(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer: Any,
     progress: Progress,
     *,
     signature: dict[str, Any],
     tokenizer_name: str,
     val_loss: float | None,
+    val_bpb: float | None = None,
     fsdp: bool = False,
 ) -> dict[str, Any]:
     """The checkpoint dict: weights only without `optimizer`, resumable with it. Under FSDP a
@@ -185,6 +189,7 @@ def training_state(
         "step": progress.step,
         "epoch": progress.epoch,
         "val_loss": val_loss,
+        "val_bpb": val_bpb,
     }
     if optimizer is not None:
         rng = {"cpu": torch.get_rng_state()}
@@ -222,7 +227,7 @@ def check_resumable(
 def restore_training_state(
     state: dict[str, Any],
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Any,
     fsdp: bool = False,
 ) -> Progress:
     """Load weights, optimizer state and RNG from a checked resumable `state`; its Progress.

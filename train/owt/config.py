@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -27,13 +28,49 @@ def flag(default: Any, help: str, group: str, **argparse_options: Any) -> Any:
     return field(default=default, metadata={"help": help, "group": group, **argparse_options})
 
 
-DATA, MODEL, TRAINING, OUTPUTS, DEVICE = (
+DATA, MODEL, TRAINING, BUDGET, OUTPUTS, DEVICE = (
     "data and outputs",
     "model",
     "training",
+    "budget, schedule, optimizer",
     "evaluation, logging, checkpoints",
     "device and robustness",
 )
+SCHEDULES = ("cosine", "wsd")
+OPTIMIZERS = ("adamw", "muon")
+_COUNT_SUFFIXES = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_count(text: str) -> int:
+    """'500M' -> 500_000_000, '2B' -> 2_000_000_000, '1.5e9', '12000' (for --max_tokens)."""
+    value = str(text).strip().replace("_", "").replace(",", "")
+    scale = _COUNT_SUFFIXES.get(value[-1:].lower())
+    try:
+        number = float(value[:-1] if scale else value) * (scale or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 500M, 2B)") from None
+    if number < 0 or not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (e.g. 500M, 2B)")
+    return math.ceil(number)
+
+
+def parse_duration(text: str) -> float:
+    """'90m', '8h', '1h30m', '3600s' or plain seconds -> seconds (for --max_time)."""
+    value = str(text).strip().lower()
+    try:
+        seconds = float(value)
+    except ValueError:
+        match = _DURATION.fullmatch(value)
+        if not value or match is None:
+            raise argparse.ArgumentTypeError(
+                f"not a duration: {text!r} (e.g. 90m, 8h, 1h30m, 3600s)"
+            ) from None
+        hours, minutes, secs = (float(g or 0) for g in match.groups())
+        seconds = 3600 * hours + 60 * minutes + secs
+    if seconds < 0 or not math.isfinite(seconds):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 90m, 8h, 1h30m)")
+    return seconds
 
 
 @dataclass
@@ -60,6 +97,31 @@ class TrainConfig:
     min_lr_ratio: float = flag(0.1, "final lr / peak lr", TRAINING)
     grad_clip: float = flag(1.0, "max grad norm; 0 = off", TRAINING)
     seed: int = flag(1337, "seeds the initial weights and the window order", TRAINING)
+
+    max_steps: int = flag(0, "stop after this many optimizer steps; 0 = no limit", BUDGET)
+    max_tokens: int = flag(
+        0, "stop after this many training tokens (e.g. 500M, 2B); 0 = no limit", BUDGET,
+        type=parse_count,
+    )  # fmt: skip
+    max_time: float = flag(
+        0.0, "stop after this much training time (e.g. 90m, 8h, 1h30m, 3600s); 0 = no limit",
+        BUDGET, type=parse_duration,
+    )  # fmt: skip
+    lr_schedule: str = flag(
+        "cosine",
+        "cosine: warmup, then cosine decay over the budget; wsd: warmup, constant, then a 1-sqrt "
+        "decay over the last --cooldown_fraction (a run can be continued with a larger budget)",
+        BUDGET,
+        choices=SCHEDULES,
+    )
+    cooldown_fraction: float = flag(0.2, "wsd: the part of the budget spent decaying", BUDGET)
+    optimizer: str = flag(
+        "adamw",
+        "adamw; or muon: Muon for the blocks' weight matrices, AdamW for the embedding and norms",
+        BUDGET,
+        choices=OPTIMIZERS,
+    )
+    muon_learning_rate: float = flag(0.02, "muon: peak learning rate of the matrices", BUDGET)
 
     eval_interval: int = flag(0, "optimizer steps between validations; 0 = per epoch", OUTPUTS)
     eval_max_batches: int = flag(100, "0 = whole validation set", OUTPUTS)
@@ -90,6 +152,12 @@ class TrainConfig:
     )
     auto_batch: bool = flag(False, "on OOM halve the micro-batch", DEVICE)
     max_bad_steps: int = flag(5, "consecutive non-finite steps before giving up", DEVICE)
+    dry_run: bool = flag(
+        False,
+        "build everything, run a few optimizer steps, report speed, memory and how long the "
+        "budget would take; write nothing to --output_dir",
+        DEVICE,
+    )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
@@ -125,12 +193,25 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
-        not_negative = ["eval_interval", "eval_max_batches", "save_interval", "weight_decay"]
+        not_negative = [
+            "eval_interval", "eval_max_batches", "save_interval", "weight_decay", "max_steps",
+        ]  # fmt: skip
         for name in [*not_negative, "grad_clip"]:
             if getattr(self, name) < 0:
                 raise UsageError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise UsageError(f"--learning_rate must be a positive number, got {self.learning_rate}")
+        if not (self.muon_learning_rate > 0 and math.isfinite(self.muon_learning_rate)):
+            raise UsageError(
+                f"--muon_learning_rate must be positive, got {self.muon_learning_rate}"
+            )
+        if not 0 < self.cooldown_fraction <= 1:
+            raise UsageError(f"--cooldown_fraction must be in (0, 1], got {self.cooldown_fraction}")
+        if self.optimizer == "muon" and self.fsdp:
+            raise UsageError(
+                "--optimizer muon needs whole weight matrices, which --fsdp shards: drop --fsdp "
+                "(DDP replicates them) or use --optimizer adamw"
+            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise UsageError(f"--min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if self.hidden_size % self.num_heads:
@@ -180,7 +261,7 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *names:
             continue
         kind = {"int": int, "float": float}.get(str(f.type))
         if kind is not None:
-            options["type"] = kind
+            options.setdefault("type", kind)
         parser.add_argument(f"--{f.name}", default=f.default, **options)
 
 

@@ -81,6 +81,22 @@ def mean_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
     return value
 
 
+def sum_over_ranks(value: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum a tensor over ranks (in place for >1 ranks)."""
+    if world.size > 1:
+        dist.all_reduce(value)
+    return value
+
+
+def max_over_ranks(value: float, world: World) -> float:
+    """The largest of the ranks' `value`s, on every rank."""
+    if world.size == 1:
+        return value
+    tensor = torch.tensor(value, dtype=torch.float64)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return float(tensor)
+
+
 def any_rank(flag: bool, world: World) -> bool:
     """True on every rank if `flag` is true on any rank (so all ranks stop at the same step)."""
     if world.size == 1:

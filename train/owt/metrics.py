@@ -65,18 +65,28 @@ class StepLog:
             disable=not enabled,
             dynamic_ncols=True,
         )
+        self.postfix: dict[str, str] = {}
         self.loss_sum = torch.zeros((), device=device)
         self.updates = 0
         self.since = time.perf_counter()
 
     def step(
-        self, step: int, loss: torch.Tensor | None, lr: float, grad_norm: torch.Tensor
+        self,
+        step: int,
+        loss: torch.Tensor | None,
+        lr: float,
+        grad_norm: torch.Tensor,
+        time_left: float | None = None,
     ) -> None:
-        """Optimizer step `step` is done; `loss` is None if its update was skipped."""
+        """Optimizer step `step` is done; `loss` is None if its update was skipped;
+        `time_left`: seconds of a time budget left (the bar shows it as the ETA)."""
         if loss is not None:
             self.loss_sum += loss
             self.updates += 1
         self.bar.update(1)
+        if time_left is not None:
+            self.postfix["left"] = _duration(time_left)
+            self.bar.set_postfix(self.postfix, refresh=False)
         if step % self.interval or not self.updates:
             return
         elapsed = time.perf_counter() - self.since
@@ -91,14 +101,21 @@ class StepLog:
                 "train/tokens_per_sec": tokens_per_sec,
             },
         )
-        self.bar.set_postfix(
+        self.postfix.update(
             loss=f"{loss_value:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_sec:,.0f}"
         )
+        self.bar.set_postfix(self.postfix)
         self.loss_sum.zero_()
         self.updates, self.since = 0, time.perf_counter()
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def log_line(message: str, enabled: bool = True) -> None:

@@ -36,6 +36,12 @@ def resumable_checkpoints(output_dir: Path | str) -> list[Path]:
     )
 
 
+def newest_checkpoint(output_dir: Path | str) -> Path | None:
+    """The checkpoint `--resume auto` would continue from (None if there is none)."""
+    found = resumable_checkpoints(output_dir)
+    return found[0] if found else None
+
+
 def remove_stale_temp_files(output_dir: Path | str) -> None:
     """Delete temp files a killed save left behind (they never carry a checkpoint's name)."""
     for tmp in Path(output_dir).glob(".*.pt.*.tmp"):

@@ -32,6 +32,7 @@ from owt.devices import (
     tune_cpu_allocator,
 )
 from owt.distributed import World
+from owt.dry_run import dry_run
 from owt.memory import fit_advice
 from owt.outputs import CONFIG_FILE, remove_stale_temp_files
 from owt.token_cache import TokenCache, load_or_build_token_cache
@@ -150,7 +151,7 @@ def resume_command() -> str:
 
 
 def run_record(config: TrainConfig, runtime: Runtime, trainer: Trainer, cache: TokenCache) -> dict:
-    """config.json: the settings and what they resolved to."""
+    """config.json: the settings and what they resolved to ("result" is added at the end)."""
     model = trainer.model
     return {
         "args": config.to_dict(),
@@ -163,22 +164,42 @@ def run_record(config: TrainConfig, runtime: Runtime, trainer: Trainer, cache: T
         "tokens_per_optimizer_step": trainer.tokens_per_step,
         "steps_per_epoch": trainer.sampler.steps_per_epoch,
         "total_steps": trainer.total_steps,
+        "budget": {"step_limit_by": trainer.budget.limited_by, "max_time": config.max_time},
         "warmup_steps": trainer.warmup_steps,
         "dataset_fingerprint": cache.fingerprint,
-        "token_cache": {"directory": str(cache.directory), "num_tokens": cache.num_tokens},
+        "token_cache": {
+            "directory": str(cache.directory),
+            "num_tokens": cache.num_tokens,
+            "num_bytes": cache.num_bytes,
+        },
     }
 
 
-def train(
-    config: TrainConfig, files: dict[str, list[Path]], resume_from: Path | None, runtime: Runtime
-) -> int:
-    """Everything after the runtime is up: returns the loop's exit code."""
-    world, device = runtime.world, runtime.device
-    output_dir = Path(config.output_dir)
-    if world.is_main:
-        remove_stale_temp_files(output_dir)
-    # Read before tokenizing, so a truncated or unsafe file fails fast.
-    resume_state: dict[str, Any] | None = load_checkpoint(resume_from) if resume_from else None
+def run_result(trainer: Trainer) -> dict:
+    """config.json's "result": what ended the run and how far it got."""
+    progress, last = trainer.progress, trainer.last_evaluation
+    return {
+        "ended_by": trainer.ended_by(),
+        "steps": progress.step,
+        "tokens": progress.step * trainer.tokens_per_step,
+        "elapsed_seconds": round(progress.elapsed_seconds, 3),
+        "best_val_loss": progress.best_val_loss,
+        "best_val_bpb": progress.best_val_bpb,
+        "final_val_loss": last.loss if last else None,
+        "final_val_bpb": last.bpb if last else None,
+        "compiled": trainer.step_model is not trainer.eager,
+    }
+
+
+def build_trainer(
+    config: TrainConfig,
+    files: dict[str, list[Path]],
+    runtime: Runtime,
+    resume_state: dict[str, Any] | None,
+    resume_from: Path | None,
+) -> tuple[Trainer, TokenCache]:
+    """Tokenizer, token cache and windows, model and Trainer, restored if resuming."""
+    device, world = runtime.device, runtime.world
     encoder = load_tokenizer(config)
     cache, train_windows, val_windows = token_windows(config, files, encoder, world)
     if device.type == "mps":
@@ -187,22 +208,46 @@ def train(
     trainer = Trainer(
         config, model, train_windows, val_windows, device=device, dtype=runtime.dtype,
         world=world, dataset_fingerprint=cache.fingerprint, tokenizer=encoder,
+        token_bytes=torch.from_numpy(encoder.token_byte_lengths()),
         compile_model=runtime.compile_model,
     )  # fmt: skip
     trainer.resume_hint = resume_command()
     if resume_state is not None:
         trainer.restore(resume_state, resume_from)
-        del resume_state
+    return trainer, cache
+
+
+def train(
+    config: TrainConfig, files: dict[str, list[Path]], resume_from: Path | None, runtime: Runtime
+) -> int:
+    """Everything after the runtime is up: returns the loop's exit code."""
+    world = runtime.world
+    output_dir = Path(config.output_dir)
+    if world.is_main and not config.dry_run:
+        remove_stale_temp_files(output_dir)
+    # Read before tokenizing, so a truncated or unsafe file fails fast.
+    resume_state: dict[str, Any] | None = load_checkpoint(resume_from) if resume_from else None
+    trainer, cache = build_trainer(config, files, runtime, resume_state, resume_from)
+    del resume_state
+    if config.dry_run:
+        if world.is_main:
+            print("\n".join(dry_run(trainer)))
+        return 0
+    record = run_record(config, runtime, trainer, cache)
     if world.is_main:
-        record = run_record(config, runtime, trainer, cache)
         (output_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
         print(
-            f"model: {model.num_parameters() / 1e6:.1f}M parameters on {device} "
+            f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters on {runtime.device} "
             f"({record['dtype']}{', compiled' if runtime.compile_model else ''}); "
-            f"{trainer.total_steps} optimizer steps of {trainer.tokens_per_step:,} tokens",
+            f"{trainer.total_steps} optimizer steps of {trainer.tokens_per_step:,} tokens"
+            + (f" or {config.max_time / 60:g} min" if config.max_time else ""),
             file=sys.stderr,
         )
-    return trainer.fit()
+    code = trainer.fit()
+    if world.is_main:
+        record["result"] = run_result(trainer)
+        (output_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return code
 
 
 def run(config: TrainConfig, files: dict[str, list[Path]], resume_from: Path | None) -> int:

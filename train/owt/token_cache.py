@@ -15,10 +15,11 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
@@ -38,6 +39,7 @@ class TokenCache:
     fingerprint: str
     dtype: str
     num_tokens: dict[str, int]
+    num_bytes: dict[str, int] = field(default_factory=dict)  # UTF-8 bytes of each split's text
 
     def path(self, split: str) -> Path:
         return self.directory / f"{split}.bin"
@@ -67,7 +69,9 @@ def _text_batches(path: Path):
             batch_size=READ_BATCH_DOCUMENTS, columns=[TEXT_COLUMN]
         )
         for batch in batches:
-            yield [t for t in batch.column(0).to_pylist() if t]
+            column = batch.column(0)
+            num_bytes = pc.sum(pc.binary_length(column)).as_py() or 0
+            yield [t for t in column.to_pylist() if t], num_bytes
     except Exception as exc:  # a corrupt page deep inside an otherwise valid file
         raise DatasetFileError(f"Cannot read {path} as parquet: {exc}") from exc
 
@@ -78,8 +82,9 @@ def build_token_cache(
     dest: Path,
     desc: str = "tokenizing",
     documents: int | None = None,
-) -> int:
-    """Tokenize `files` into `dest` (EOS after each document); return the number of tokens.
+) -> tuple[int, int]:
+    """Tokenize `files` into `dest` (EOS after each document); return (tokens, UTF-8 bytes of
+    the documents' text).
 
     `documents` (the progress bar's total) is what check_parquet_files returned for `files`,
     if the caller already checked them. Writes to a temp file beside `dest` and renames it at
@@ -91,17 +96,18 @@ def build_token_cache(
     dtype = token_dtype(encoder.vocab_size)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     os.fchmod(fd, 0o644)
-    total = 0
+    total = total_bytes = 0
     try:
         with (
             os.fdopen(fd, "wb") as out,
             tqdm(total=documents, desc=desc, unit="doc", unit_scale=True) as bar,
         ):
             for path in files:
-                for texts in _text_batches(path):
+                for texts, num_bytes in _text_batches(path):
                     flat = encoder.encode_documents(texts, dtype)  # EOS after each
                     out.write(flat.tobytes())
                     total += flat.size
+                    total_bytes += num_bytes
                     bar.update(len(texts))
             out.flush()
             os.fsync(out.fileno())
@@ -109,7 +115,7 @@ def build_token_cache(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return total
+    return total, total_bytes
 
 
 def load_or_build_token_cache(
@@ -121,22 +127,30 @@ def load_or_build_token_cache(
     meta_path = directory / META_FILE
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        return TokenCache(directory, fingerprint, meta["dtype"], meta["num_tokens"]), False
+        cache = TokenCache(
+            directory, fingerprint, meta["dtype"], meta["num_tokens"], meta.get("num_bytes", {})
+        )
+        return cache, False
 
     # Every split's files are checked before any tokenizing starts.
     documents = {split: check_parquet_files(paths) for split, paths in files.items()}
     directory.mkdir(parents=True, exist_ok=True)
-    num_tokens = {
+    sizes = {
         split: build_token_cache(
             paths, encoder, directory / f"{split}.bin", f"tokenizing {split}", documents[split]
         )
         for split, paths in files.items()
     }
-    cache = TokenCache(directory, fingerprint, token_dtype(encoder.vocab_size), num_tokens)
+    num_tokens = {split: tokens for split, (tokens, _) in sizes.items()}
+    num_bytes = {split: size for split, (_, size) in sizes.items()}
+    cache = TokenCache(
+        directory, fingerprint, token_dtype(encoder.vocab_size), num_tokens, num_bytes
+    )
     meta = {
         "fingerprint": fingerprint,
         "dtype": cache.dtype,
         "num_tokens": num_tokens,
+        "num_bytes": num_bytes,
         "tokenizer": encoder.name,
         "files": {s: [p.name for p in paths] for s, paths in files.items()},
     }

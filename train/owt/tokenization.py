@@ -89,6 +89,22 @@ class TextEncoder:
             return self.tiktoken_encoding.encode_ordinary_batch(texts, num_threads=self.num_threads)
         return hf_encode_batch(self.hf_tokenizer, texts)
 
+    def token_byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes each token id stands for (special tokens such as EOS: 0), the
+        denominator of bits per byte. Exact for byte-level BPE, where a text's bytes are its
+        tokens' bytes; for other tokenizers the length of each id decoded alone."""
+        lengths = np.zeros(self.vocab_size, dtype=np.int64)
+        special = set(getattr(self.hf_tokenizer, "all_special_ids", []) or [])
+        for token in range(self.vocab_size):
+            if token in special:
+                continue
+            if self.tiktoken_encoding is not None:
+                lengths[token] = len(self.tiktoken_encoding.decode_single_token_bytes(token))
+            else:
+                text = self.hf_tokenizer.decode([token], skip_special_tokens=True)
+                lengths[token] = len(text.encode())
+        return lengths
+
     def encode_documents(self, texts: list[str], dtype: npt.DTypeLike) -> np.ndarray:
         """The ids of each text followed by EOS, all in one array of `dtype`.
 

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +35,18 @@ from owt.cli import ScriptError
 from owt.config import TrainConfig
 from owt.devices import autocast, empty_cache, is_out_of_memory, to_device
 from owt.distributed import World
+from owt.evaluation import Evaluation, Evaluator
 from owt.metrics import Metrics, StepLog, log_line
-from owt.optim import build_optimizer, set_learning_rate
+from owt.optim import build_optimizer, set_learning_rates
 from owt.outputs import (
     BEST_MODEL,
     LAST_CHECKPOINT,
     TENSORBOARD_DIR,
     epoch_checkpoint,
-    resumable_checkpoints,
+    newest_checkpoint,
 )
 from owt.sampling import sample_text
-from owt.schedule import cosine_lr, warmup_steps_for
+from owt.schedule import Budget, Schedule
 from owt.token_windows import EpochSampler, TokenWindows, micro_batches
 
 SAMPLE_PROMPT = "The meaning of life is"
@@ -105,6 +107,29 @@ class GracefulStop:
         os.write(2, notice.encode())
 
 
+class Clock:
+    """Training time for --max_time, kept in `progress.elapsed_seconds` so a resumed run goes
+    on with the same budget. Under torchrun all ranks use the slowest rank's time, so they
+    agree on the learning rate and stop at the same step."""
+
+    def __init__(self, max_time: float, world: World) -> None:
+        self.max_time, self.world = max_time, world
+        self.base, self.started = 0.0, time.perf_counter()
+
+    def start(self, progress: Progress) -> None:
+        self.base, self.started = progress.elapsed_seconds, time.perf_counter()
+
+    def tick(self, progress: Progress) -> None:
+        elapsed = self.base + time.perf_counter() - self.started
+        if self.max_time:
+            elapsed = distributed.max_over_ranks(elapsed, self.world)
+        progress.elapsed_seconds = elapsed
+
+    def left(self, progress: Progress) -> float | None:
+        """Seconds of the time budget left (None without one)."""
+        return max(0.0, self.max_time - progress.elapsed_seconds) if self.max_time else None
+
+
 class Trainer:
     """Trains `model` on `train_windows` as `config` says (see the module docstring)."""
 
@@ -120,22 +145,30 @@ class Trainer:
         world: World | None = None,
         dataset_fingerprint: str = "",
         tokenizer: Any = None,
+        token_bytes: torch.Tensor | None = None,
         compile_model: bool = False,
     ) -> None:
         world = world or World()
         self.config, self.world, self.device = config, world, device
         self.model = model  # unwrapped: what checkpoints save
-        self.train_windows, self.val_windows = train_windows, val_windows
+        self.train_windows = train_windows
         self.tokenizer = tokenizer  # for the sample logged at each validation
         self.output_dir = Path(config.output_dir)
+        self.dtype = dtype
         self.autocast = lambda: autocast(device, dtype)
         self.batch_size = config.batch_size  # --auto_batch may halve it
         self.accumulation = config.gradient_accumulation_steps
         self.sampler = EpochSampler(
             len(train_windows), config.sequences_per_step, config.seed, world.rank, world.size
         )
-        self.total_steps = self.sampler.steps_per_epoch * config.num_epochs
-        self.warmup_steps = warmup_steps_for(self.total_steps, config.warmup_steps)
+        self.budget = Budget.of(
+            self.sampler.steps_per_epoch * config.num_epochs, config.max_steps,
+            config.max_tokens, self.tokens_per_step, config.max_time,
+        )  # fmt: skip
+        self.schedule = Schedule.of(
+            config.lr_schedule, self.budget, config.warmup_steps, config.min_lr_ratio,
+            config.cooldown_fraction,
+        )  # fmt: skip
         self.signature = run_signature(
             model.config, dataset_fingerprint, config.max_length, config.seed,
             config.sequences_per_step * world.size,
@@ -147,11 +180,19 @@ class Trainer:
         )
         self.eager = getattr(self.step_model, "_orig_mod", self.step_model)  # if compile fails
         self.optimizer = build_optimizer(
-            model, config.learning_rate, config.weight_decay, device.type
-        )
+            model, config.learning_rate, config.weight_decay, device.type,
+            config.optimizer, config.muon_learning_rate,
+        )  # fmt: skip
+        self.evaluator = Evaluator(
+            val_windows, config.batch_size, config.eval_max_batches, device, world=world,
+            fsdp=self.fsdp, autocast=self.autocast, token_bytes=token_bytes,
+        )  # fmt: skip
         self.progress = Progress()
+        self.clock = Clock(config.max_time, world)
         self.resumed = False
         self.bad_in_a_row = 0  # consecutive non-finite steps
+        self.last_evaluation: Evaluation | None = None
+        self.best: Evaluation | None = None
         self.stop = GracefulStop()
         self.resume_hint = "add --resume auto to the same command"
 
@@ -159,19 +200,30 @@ class Trainer:
     def tokens_per_step(self) -> int:
         return self.sampler.windows_per_step * self.world.size * self.config.max_length
 
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps the run makes unless time runs out first."""
+        return self.budget.step_limit
+
+    @property
+    def warmup_steps(self) -> int | None:
+        return self.schedule.warmup_steps
+
     def log(self, message: str) -> None:
         log_line(message, self.world.is_main)
 
     # ---- checkpoints -------------------------------------------------------------------------
 
-    def save(self, name: str, val_loss: float | None, resumable: bool = True) -> None:
+    def save(self, name: str, resumable: bool = True) -> None:
         """Write a checkpoint from the main rank. Every rank calls this (FSDP gathers shards)."""
         if not (self.world.is_main or self.fsdp):
             return
+        seen = self.last_evaluation if resumable else self.best
         state = training_state(
             self.model, self.optimizer if resumable else None, self.progress,
             signature=self.signature, tokenizer_name=self.config.tokenizer_name,
-            val_loss=val_loss, fsdp=self.fsdp,
+            val_loss=seen.loss if seen else None, val_bpb=seen.bpb if seen else None,
+            fsdp=self.fsdp,
         )  # fmt: skip
         if self.world.is_main:
             save_checkpoint(state, self.output_dir / name)
@@ -184,10 +236,6 @@ class Trainer:
         self.progress = restore_training_state(state, self.model, self.optimizer, self.fsdp)
         self.resumed = True
         self.log(f"resumed from {path} at step {self.progress.step}, epoch {self.progress.epoch}")
-
-    def last_good(self) -> str:
-        found = resumable_checkpoints(self.output_dir)
-        return str(found[0]) if found else "none yet"
 
     # ---- one optimizer step ------------------------------------------------------------------
 
@@ -245,12 +293,10 @@ class Trainer:
     def optimizer_step(self, indices: np.ndarray, log: StepLog, metrics: Metrics) -> None:
         """One optimizer step at the scheduled learning rate; a non-finite loss or gradient
         skips the update (and too many in a row stop the run)."""
-        progress = self.progress
-        lr = cosine_lr(
-            progress.step, self.config.learning_rate, self.warmup_steps, self.total_steps,
-            self.config.min_lr_ratio,
-        )  # fmt: skip
-        set_learning_rate(self.optimizer, lr)
+        progress, config = self.progress, self.config
+        factor = self.schedule.factor(progress.step, progress.elapsed_seconds)
+        lr = config.learning_rate * factor
+        set_learning_rates(self.optimizer, lr, config.muon_learning_rate * factor)
         step_loss, grad_norm = self.train_step(indices)
         distributed.mean_over_ranks(step_loss, self.world)
         # One host sync per optimizer step (never per micro-batch): skip bad updates.
@@ -266,67 +312,50 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         progress.step += 1
         progress.step_in_epoch += 1
-        log.step(progress.step, step_loss if finite else None, lr, grad_norm)
-        if self.bad_in_a_row >= self.config.max_bad_steps:
+        self.clock.tick(progress)
+        left = self.clock.left(progress)
+        log.step(progress.step, step_loss if finite else None, lr, grad_norm, left)
+        if self.bad_in_a_row >= config.max_bad_steps:
             raise TrainingFailed(
                 f"{self.bad_in_a_row} optimizer steps in a row had a non-finite loss or "
                 "gradient. Likely causes: learning rate too high (lower --learning_rate), too "
                 "short warmup, or float16 overflow (use bfloat16 or float32). Last good "
-                f"checkpoint: {self.last_good()}"
+                f"checkpoint: {newest_checkpoint(self.output_dir) or 'none yet'}"
             )
 
     # ---- evaluation --------------------------------------------------------------------------
 
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        """Mean validation loss over (up to eval_max_batches of) the validation windows."""
-        self.model.eval()
-        n, size = len(self.val_windows), self.config.batch_size
-        starts = range(0, n, size)
-        if self.config.eval_max_batches:
-            starts = starts[: self.config.eval_max_batches]
-        total = torch.zeros(2, device=self.device)  # (sum of losses * windows, windows)
-        mine = starts[self.world.rank :: self.world.size]
-        # FSDP all-gathers parameters inside forward, so every rank must run as many forwards:
-        # a rank with one batch fewer runs the first batch again and does not count it.
-        rounds = math.ceil(len(starts) / self.world.size) if self.fsdp else len(mine)
-        for i in range(rounds):
-            start = mine[i] if i < len(mine) else starts[0]
-            x, y = to_device(
-                self.device, *self.val_windows.batch(range(start, min(n, start + size)))
-            )
-            with self.autocast():
-                _, loss = self.model(x, y)
-            if i < len(mine):
-                windows = torch.tensor(len(x), device=self.device)
-                total += torch.stack([loss.float() * len(x), windows])
-        distributed.mean_over_ranks(total, self.world)
-        self.model.train()
-        return (total[0] / total[1]).item()
+    def evaluate(self) -> Evaluation:
+        """Loss and bits per byte on (up to --eval_max_batches of) the validation windows."""
+        return self.evaluator(self.model)
 
-    def validate(self, metrics: Metrics) -> float:
-        """Evaluate, log the curve point and a text sample, keep best_model.pt up to date."""
-        val_loss = self.evaluate()
-        metrics.scalars(
-            self.progress.step,
-            {"val/loss": val_loss, "val/perplexity": math.exp(min(val_loss, 50.0))},
-        )
+    def validate(self, metrics: Metrics) -> Evaluation:
+        """Evaluate, log the curve points and a text sample, keep best_model.pt up to date."""
+        result = self.last_evaluation = self.evaluate()
+        metrics.scalars(self.progress.step, result.scalars())
         # Under FSDP every rank decodes (forward all-gathers the shards, rank 0 cannot run it
         # alone); they pick the same tokens (same weights, prompt and seeded generator), so they
         # make the same number of forward calls.
         if self.tokenizer is not None and (self.world.is_main or self.fsdp):
             sample = sample_text(self.model, self.tokenizer, SAMPLE_PROMPT)
             metrics.text(self.progress.step, "samples", sample)
-        if val_loss < self.progress.best_val_loss:
-            self.progress.best_val_loss = val_loss
-            self.save(BEST_MODEL, val_loss, resumable=False)
-        return val_loss
+        if result.loss < self.progress.best_val_loss:
+            self.progress.best_val_loss, self.progress.best_val_bpb = result.loss, result.bpb
+            self.best = result
+            self.save(BEST_MODEL, resumable=False)
+        return result
 
     # ---- the loop ----------------------------------------------------------------------------
 
+    def ended_by(self) -> str | None:
+        """What ended the run: "epochs", "max_steps", "max_tokens", "max_time"; None if not."""
+        if self.progress.epoch >= self.config.num_epochs:
+            return "epochs"
+        return self.budget.ended_by(self.progress.step, self.progress.elapsed_seconds)
+
     def fit(self) -> int:
-        """Train to the end of the last epoch; return the exit code (0, or 128 + signal)."""
-        progress, config = self.progress, self.config
+        """Train until the budget is spent; return the exit code (0, or 128 + signal)."""
+        progress, config, spe = self.progress, self.config, self.sampler.steps_per_epoch
         # Points an interrupted run logged after its checkpoint are dropped and redone.
         metrics = Metrics(
             self.output_dir / TENSORBOARD_DIR,
@@ -338,29 +367,26 @@ class Trainer:
             tokens_per_step=self.tokens_per_step, interval=config.log_interval,
             device=self.device, enabled=self.world.is_main,
         )  # fmt: skip
-        self.model.train()
-        val_loss = None
         try:
             if not self.resumed:
                 self.validate(metrics)  # the step-0 point of the validation curve
             self.stop.install()
-            while progress.epoch < config.num_epochs:
+            self.clock.start(progress)
+            while self.ended_by() is None:
                 for indices in self.sampler.step_windows(progress.epoch, progress.step_in_epoch):
                     self.optimizer_step(indices, log, metrics)
-                    epoch_end = progress.step_in_epoch == self.sampler.steps_per_epoch
-                    if config.eval_interval and progress.step % config.eval_interval == 0:
-                        if not epoch_end:
-                            val_loss = self.validate(metrics)
-                    if config.save_interval and progress.step % config.save_interval == 0:
-                        self.save(LAST_CHECKPOINT, val_loss)
-                    self._stop_if_asked()
-                progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
-                val_loss = self.validate(metrics)
-                self.save(epoch_checkpoint(progress.epoch), val_loss)
-                self.log(f"epoch {progress.epoch}: validation loss {val_loss:.4f}")
-                self._stop_if_asked()
+                    if progress.step_in_epoch < spe and self.ended_by() is not None:
+                        break  # a budget ran out inside the epoch
+                    self._periodic(metrics, at_epoch_end=progress.step_in_epoch == spe)
+                else:
+                    progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+                    self._end_of(
+                        metrics, epoch_checkpoint(progress.epoch), f"epoch {progress.epoch}"
+                    )
+                    continue
+                self._end_of(metrics, LAST_CHECKPOINT, f"{self.ended_by()} reached")
         except _StopRequested:
-            self.save(LAST_CHECKPOINT, None)
+            self.save(LAST_CHECKPOINT)
             log.close()  # the bar's last line before ours
             self.log(
                 f"Stopped at step {progress.step}; saved {self.output_dir / LAST_CHECKPOINT}."
@@ -371,13 +397,39 @@ class Trainer:
             self.stop.uninstall()
             log.close()
             metrics.close()
-        self.log(
-            f"Done: best validation loss {progress.best_val_loss:.4f}. Outputs in "
-            f"{self.output_dir} (tensorboard --logdir {self.output_dir / TENSORBOARD_DIR})"
-        )
+        self.log(summary(self))
         return 0
+
+    def _periodic(self, metrics: Metrics, at_epoch_end: bool) -> None:
+        """--eval_interval validation, --save_interval checkpoint, a requested stop."""
+        step, config = self.progress.step, self.config
+        if config.eval_interval and step % config.eval_interval == 0 and not at_epoch_end:
+            self.validate(metrics)
+        if config.save_interval and step % config.save_interval == 0:
+            self.save(LAST_CHECKPOINT)
+        self._stop_if_asked()
+
+    def _end_of(self, metrics: Metrics, checkpoint: str, what: str) -> None:
+        """What an epoch, and the end of a budget, end with: validation and a checkpoint."""
+        result = self.validate(metrics)
+        self.save(checkpoint)
+        bpb = f", bpb {result.bpb:.4f}" if result.bpb is not None else ""
+        self.log(f"{what}: validation loss {result.loss:.4f}{bpb}")
+        self._stop_if_asked()
 
     def _stop_if_asked(self) -> None:
         """All ranks stop at the same step when any of them got SIGINT/SIGTERM."""
         if distributed.any_rank(self.stop.signum is not None, self.world):
             raise _StopRequested
+
+
+def summary(trainer: Trainer) -> str:
+    """The end-of-run line: what ended it, the best validation loss and bits per byte."""
+    progress, out = trainer.progress, trainer.output_dir
+    bpb = f" ({progress.best_val_bpb:.4f} bits per byte)" if progress.best_val_bpb else ""
+    return (
+        f"Done ({trainer.ended_by()}, step {progress.step}, "
+        f"{progress.elapsed_seconds / 60:.1f} min of training): best validation loss "
+        f"{progress.best_val_loss:.4f}{bpb}. Outputs in {out} "
+        f"(tensorboard --logdir {out / TENSORBOARD_DIR})"
+    )
