@@ -140,7 +140,7 @@ def test_default_path_resume_continues_the_run(trained, tmp_path, gpt2_tokenizer
 
 def test_token_cache_is_reused_then_rebuilt_for_another_tokenizer_or_dataset(tmp_path, documents):
     data = write_layout(tmp_path / "data", documents[:8], documents[-3:])
-    short = {"batch_size": 8, "num_epochs": 1, "eval_max_batches": 1}
+    short = {"batch_size": 8, "num_epochs": 1, "eval_max_batches": 1, "max_steps": 2}
     tokenizer = save_gpt2_tokenizer(tmp_path / "tok")
 
     def run(out: str, tokenizer: Path, **flags):
@@ -196,13 +196,25 @@ def test_argument_errors_are_one_line(small_dataset, tmp_path, gpt2_tokenizer_di
     assert message in one_line_error(result) and "Traceback" not in result.stderr
 
 
-def test_existing_run_is_not_overwritten(trained, tmp_path, gpt2_tokenizer_dir):
+def test_existing_run_is_kept_unless_overwrite_starts_afresh(trained, tmp_path, gpt2_tokenizer_dir):
     data, out, _ = trained
     copy = shutil.copytree(out, tmp_path / "copy")
     before = (copy / "checkpoint_epoch_1.pt").read_bytes()
     result = run_script("pretrain.py", *pretrain_args(data, copy, gpt2_tokenizer_dir, TRAINED))
     assert result.returncode == 2 and "--resume auto" in result.stderr
     assert (copy / "checkpoint_epoch_1.pt").read_bytes() == before
+
+    # --overwrite starts afresh: a 3-step run leaves none of the old run's checkpoints (which
+    # --resume auto could pick up) and none of its curves (TensorBoard would mix the two).
+    (copy / "notes.txt").write_text("mine")
+    args = pretrain_args(data, copy, gpt2_tokenizer_dir, FP32_EAGER, TRAINED, max_steps=3)
+    result = run_script("pretrain.py", *args, "--overwrite")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "--overwrite: removed the previous run" in result.stderr
+    assert not (copy / "checkpoint_epoch_1.pt").exists()
+    assert read_checkpoint(copy / "checkpoint_last.pt")["step"] == 3
+    assert [s for s, _ in scalars(copy / "tensorboard", "val/loss")] == [0, 3]
+    assert (copy / "notes.txt").read_text() == "mine"  # not a file of the run: kept
 
 
 @pytest.mark.skipif(not machine.COMPILES_ON_CPU, reason="no C++ compiler: auto does not compile")

@@ -18,6 +18,7 @@ them resumes a checkpoint written by another with the same global batch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
@@ -48,6 +49,7 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    SAVES_IN_PROGRESS.add(tmp)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -64,7 +66,21 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
                 "are intact. Free some space, then resume."
             ) from None
         raise
+    finally:
+        SAVES_IN_PROGRESS.discard(tmp)
     return path
+
+
+# Temp files of saves under way, for abandon_saves: a process quitting at once (a second
+# Ctrl-C) removes them instead of leaving them for the next run to clean up.
+SAVES_IN_PROGRESS: set[str] = set()
+
+
+def abandon_saves() -> None:
+    """Delete the temp files of saves in progress (the files they replace stay as they were)."""
+    for tmp in list(SAVES_IN_PROGRESS):
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def _umask() -> int:

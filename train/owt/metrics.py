@@ -49,7 +49,7 @@ class StepLog:
         self,
         metrics: Metrics,
         *,
-        total_steps: int,
+        total_steps: int | None,
         start_step: int,
         tokens_per_step: int,
         interval: int,

@@ -11,6 +11,8 @@ Plain paths only (no torch), so a wrong --output_dir or --resume is reported at 
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -58,11 +60,24 @@ def check_output_dir(path: Path, resume: str | None, overwrite: bool) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"--output_dir {path} is not writable ({exc.strerror})") from None
-    if resume is None and not overwrite and resumable_checkpoints(path):
-        raise UsageError(
-            f"--output_dir {path} already holds a run: pass --resume auto to continue it, "
-            "--overwrite to start afresh there, or choose another --output_dir"
-        )
+    if resume is None and resumable_checkpoints(path):
+        if not overwrite:
+            raise UsageError(
+                f"--output_dir {path} already holds a run: pass --resume auto to continue it, "
+                "--overwrite to start afresh there, or choose another --output_dir"
+            )
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone
+            clear_run(path)
+
+
+def clear_run(path: Path) -> None:
+    """Remove a previous run's outputs (only the files this contract names): its curves would
+    mix with the new run's in TensorBoard, and `--resume auto` could pick up its checkpoints."""
+    run = [path / CONFIG_FILE, path / BEST_MODEL, *resumable_checkpoints(path)]
+    for file in run:
+        file.unlink(missing_ok=True)
+    shutil.rmtree(path / TENSORBOARD_DIR, ignore_errors=True)
+    print(f"--overwrite: removed the previous run from {path}", file=sys.stderr)
 
 
 def resume_path(resume: str | None, output_dir: Path) -> Path | None:

@@ -24,6 +24,7 @@ import torch
 from owt import distributed
 from owt.checkpointing import (
     Progress,
+    abandon_saves,
     check_resumable,
     global_batch_hint,
     restore_training_state,
@@ -99,7 +100,8 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
-            os._exit(128 + signum)  # writes are atomic, so nothing is left half-valid
+            abandon_saves()  # saves are atomic: the files they were replacing stay valid
+            os._exit(128 + signum)
         self.signum = signum
         # os.write, not print: a handler that prints can re-enter a write in progress.
         name = signal.Signals(signum).name
@@ -362,8 +364,11 @@ class Trainer:
             enabled=self.world.is_main,
             purge_step=progress.step + 1 if self.resumed else None,
         )
+        # Under a time budget the step count is unknown: the bar counts steps and shows the
+        # time left instead of an ETA for a step limit that may never be reached.
+        bar_total = None if self.budget.time_bound else self.total_steps
         log = StepLog(
-            metrics, total_steps=self.total_steps, start_step=progress.step,
+            metrics, total_steps=bar_total, start_step=progress.step,
             tokens_per_step=self.tokens_per_step, interval=config.log_interval,
             device=self.device, enabled=self.world.is_main,
         )  # fmt: skip
