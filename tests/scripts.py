@@ -24,6 +24,15 @@ TRAIN = REPO / "train"
 INJECT = REPO / "tests" / "inject.py"
 
 
+# TOKENIZERS_PARALLELISM: no fork warnings from the tokenizers library. OMP_NUM_THREADS=1: the
+# tiny models gain nothing from a second thread, and with pytest-xdist's workers already on every
+# core, two-thread runs would only spin against each other. Tests of the default path pass
+# DEFAULT_THREADS.
+QUIET = {"TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+DEFAULT_THREADS = {"OMP_NUM_THREADS": "2"}
+"""What pretrain.py runs with on this 2-core machine by default: every core (torch's default)."""
+
+
 def script_env(
     env: Mapping[str, str] | None = None, set_env: Mapping[str, str] | None = None
 ) -> dict[str, str]:
@@ -32,13 +41,12 @@ def script_env(
     env None: this process's environment without any HF_*/HUGGINGFACE_* variable (no token,
     endpoint or cache of the developer's), offline (HF_HUB_OFFLINE=1). Otherwise `env` exactly as
     given, e.g. HubStub.env(...): the stand-in and nothing else. Then TOKENIZERS_PARALLELISM=false
-    (no fork warnings from the tokenizers library) unless `env` says otherwise, and `set_env` on
-    top of it all.
+    and OMP_NUM_THREADS=1 (see QUIET) unless `env` says otherwise, and `set_env` on top of it all.
     """
     if env is None:
         base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_"))}
         env = {**base, "HF_HUB_OFFLINE": "1"}
-    return {"TOKENIZERS_PARALLELISM": "false", **env, **(set_env or {})}
+    return {**QUIET, **env, **(set_env or {})}
 
 
 def script_command(script: str, *args: Any, fault: str | None = None, ranks: int = 1) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 
 import machine
 from same_run import read_checkpoint, scalars
-from scripts import FP32_EAGER, last_line, pretrain_args, run_script
+from scripts import DEFAULT_THREADS, FP32_EAGER, last_line, pretrain_args, run_script
 
 # tiny_dataset: 143 windows of 33 tokens, so 17 steps an epoch at 8 windows (256 tokens) a step.
 STEPS_PER_EPOCH = 17
@@ -176,7 +176,7 @@ def test_the_default_path_repeats_and_resumes_bit_for_bit_with_muon_and_wsd(
         args = pretrain_args(
             tiny_dataset, out, gpt2_tokenizer_dir, SHORT, recipe, num_epochs=2, **flags
         )
-        result = run_script("pretrain.py", *args, set_env={"OMP_NUM_THREADS": "2"})
+        result = run_script("pretrain.py", *args, set_env=DEFAULT_THREADS)
         assert result.returncode == 0, result.stderr[-3000:]
         config = config_of(out)
         assert (config["dtype"], config["compiled"]) == (

@@ -20,7 +20,14 @@ from same_run import (
     read_checkpoint,
     scalars,
 )
-from scripts import FP32_EAGER, last_line, one_line_error, pretrain_args, run_script
+from scripts import (
+    DEFAULT_THREADS,
+    FP32_EAGER,
+    last_line,
+    one_line_error,
+    pretrain_args,
+    run_script,
+)
 from textdata import save_gpt2_tokenizer, write_layout, write_parquet
 
 # One epoch of 116 steps of 8 windows; validation at 0, 25, 50, 75, 100 and 116; a
@@ -38,7 +45,8 @@ def trained(tmp_path_factory, gpt2_tokenizer_dir, documents):
     root = tmp_path_factory.mktemp("trained")
     data = write_layout(root / "data", documents[:70], documents[-20:])
     out = root / "out"
-    result = run_script("pretrain.py", *pretrain_args(data, out, gpt2_tokenizer_dir, TRAINED))
+    args = pretrain_args(data, out, gpt2_tokenizer_dir, TRAINED)
+    result = run_script("pretrain.py", *args, set_env=DEFAULT_THREADS)
     assert result.returncode == 0, result.stderr[-3000:]
     return data, out, result
 
@@ -119,7 +127,7 @@ def test_default_path_resume_continues_the_run(trained, tmp_path, gpt2_tokenizer
     resume_step = read_checkpoint(out / "checkpoint_last.pt")["step"]
     assert resume_step == 100
     args = pretrain_args(data, out, gpt2_tokenizer_dir, TRAINED, resume="auto")
-    result = run_script("pretrain.py", *args)
+    result = run_script("pretrain.py", *args, set_env=DEFAULT_THREADS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"at step {resume_step}" in result.stderr
     config = json.loads((out / "config.json").read_text())
@@ -225,9 +233,8 @@ def test_compiled_default_trains_like_eager(trained, tmp_path, gpt2_tokenizer_di
     data, compiled_out, _ = trained
     assert json.loads((compiled_out / "config.json").read_text())["compiled"]
     out = tmp_path / "eager"
-    result = run_script(
-        "pretrain.py", *pretrain_args(data, out, gpt2_tokenizer_dir, TRAINED, compile="off")
-    )
+    args = pretrain_args(data, out, gpt2_tokenizer_dir, TRAINED, compile="off")
+    result = run_script("pretrain.py", *args, set_env=DEFAULT_THREADS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert not json.loads((out / "config.json").read_text())["compiled"]
     for tag in ["train/loss", "val/loss"]:
