@@ -23,7 +23,9 @@ the start of training), where a lost micro-batch moves a step's logged mean loss
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,6 +78,26 @@ def assert_close_values(ours: list[float], theirs: list[float], rel: float = REL
     assert len(ours) == len(theirs) and ours, (ours, theirs)
     for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
         assert abs(a - b) <= rel * abs(b), f"point {i}: {a} vs {b}"
+
+
+def assert_same_tensors(ours: Any, theirs: Any, what: str = "weights") -> None:
+    """Bit for bit: every tensor of two state dicts (or nested dicts/lists of them, such as
+    an optimizer state) torch.equal, with the same names."""
+
+    def tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+        if isinstance(value, torch.Tensor):
+            yield prefix, value
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from tensors(item, f"{prefix}.{key}")
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                yield from tensors(item, f"{prefix}[{i}]")
+
+    a, b = dict(tensors(ours)), dict(tensors(theirs))
+    assert a.keys() == b.keys() and a, what
+    differ = [name for name in a if not torch.equal(a[name], b[name])]
+    assert not differ, f"{what}: {len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
 
 
 def read_checkpoint(path: Path) -> dict:

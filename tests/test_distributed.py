@@ -17,6 +17,7 @@ from same_run import (
     REL_MUON,
     REL_SPLIT,
     assert_close_values,
+    assert_same_tensors,
     assert_same_update,
     initial_weights,
     read_checkpoint,
@@ -126,8 +127,7 @@ def test_muon_over_two_ranks_matches_one_accumulating_rank_and_resumes_bitwise(
     assert_same_update(two, final_weights(tmp_path / "accumulated"), start, rel=REL_MUON)
     resumed, result = resume_copy(tmp_path / "two", tmp_path, data, gpt2_tokenizer_dir, 2, *muon)
     assert result.returncode == 0, result.stderr[-3000:]
-    for name, weight in final_weights(resumed).items():
-        assert torch.equal(weight, two[name]), name
+    assert_same_tensors(final_weights(resumed), two)
     assert_same_curves(resumed, tmp_path / "two", after=SAVE_AT, exact=True)
 
 
@@ -220,8 +220,7 @@ def test_fsdp_resume_with_the_same_world_size_is_exact(fsdp, data, gpt2_tokenize
     resumed, result = resume_copy(out, tmp_path, data, gpt2_tokenizer_dir, 2, "--fsdp")
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"at step {SAVE_AT}" in result.stderr
-    ours, theirs = final_weights(resumed), final_weights(out)
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "final weights differ"
+    assert_same_tensors(final_weights(resumed), final_weights(out))
     assert_same_curves(resumed, out, after=SAVE_AT, exact=True)
 
 

@@ -17,6 +17,7 @@ import machine
 from owt.token_cache import TokenCache
 from same_run import (
     assert_curves_continue,
+    assert_same_tensors,
     read_checkpoint,
     scalars,
 )
@@ -136,9 +137,7 @@ def test_default_path_resume_continues_the_run(trained, tmp_path, gpt2_tokenizer
 
     ours = read_checkpoint(out / "checkpoint_epoch_1.pt")
     theirs = read_checkpoint(straight / "checkpoint_epoch_1.pt")
-    assert ours["model"].keys() == theirs["model"].keys()
-    for name, weight in theirs["model"].items():
-        assert torch.equal(ours["model"][name], weight), name
+    assert_same_tensors(ours["model"], theirs["model"])
     for tag in ["train/loss", "val/loss"]:
         a = [p for p in scalars(out / "tensorboard", tag) if p[0] > resume_step]
         b = [p for p in scalars(straight / "tensorboard", tag) if p[0] > resume_step]

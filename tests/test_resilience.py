@@ -17,6 +17,7 @@ import torch
 
 from same_run import (
     assert_curves_continue,
+    assert_same_tensors,
     assert_same_update,
     initial_weights,
     read_checkpoint,
@@ -66,8 +67,7 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_same_run(resumed: Path, straight: Path, from_step: int) -> None:
-    ours, theirs = final_weights(resumed), final_weights(straight)
-    assert all(torch.equal(ours[k], theirs[k]) for k in theirs), "final weights differ"
+    assert_same_tensors(final_weights(resumed), final_weights(straight))
     for tag in ["train/loss", "val/loss"]:
         a = [p for p in scalars(resumed / "tensorboard", tag) if p[0] > from_step]
         b = [p for p in scalars(straight / "tensorboard", tag) if p[0] > from_step]
