@@ -89,13 +89,16 @@ def _umask() -> int:
     return mask
 
 
-def load_checkpoint(path: Path | str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with weights_only=True; raise CheckpointError with a clear reason."""
+def load_checkpoint(
+    path: Path | str, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
+    """Read a checkpoint with weights_only=True; raise CheckpointError with a clear reason.
+    mmap: map the tensors' bytes instead of reading them (for a look at the metadata)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"Checkpoint not found: {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(
             f"Cannot read checkpoint {path}: it is truncated, corrupt or not a safe "

@@ -125,6 +125,13 @@ class TrainConfig:
 
     eval_interval: int = flag(0, "optimizer steps between validations; 0 = per epoch", OUTPUTS)
     eval_max_batches: int = flag(100, "0 = whole validation set", OUTPUTS)
+    eval_hellaswag: int = flag(
+        0, "score this many HellaSwag items at every validation (val/hellaswag_acc_norm); 0 = off",
+        OUTPUTS,
+    )  # fmt: skip
+    hellaswag_dir: str = flag(
+        "./data/hellaswag", "where HellaSwag is downloaded once (--eval_hellaswag)", OUTPUTS
+    )
     log_interval: int = flag(10, "optimizer steps between logged points", OUTPUTS)
     save_interval: int = flag(500, "steps between checkpoint_last.pt; 0 = off", OUTPUTS)
     resume: str | None = flag(None, "'auto' (newest in output_dir) or a path", OUTPUTS)
@@ -195,6 +202,7 @@ class TrainConfig:
                 raise UsageError(f"--{name} must be positive, got {getattr(self, name)}")
         not_negative = [
             "eval_interval", "eval_max_batches", "save_interval", "weight_decay", "max_steps",
+            "eval_hellaswag",
         ]  # fmt: skip
         for name in [*not_negative, "grad_clip"]:
             if getattr(self, name) < 0:

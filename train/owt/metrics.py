@@ -85,7 +85,7 @@ class StepLog:
             self.updates += 1
         self.bar.update(1)
         if time_left is not None:
-            self.postfix["left"] = _duration(time_left)
+            self.postfix["left"] = format_duration(time_left)
             self.bar.set_postfix(self.postfix, refresh=False)
         if step % self.interval or not self.updates:
             return
@@ -112,7 +112,8 @@ class StepLog:
         self.bar.close()
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """e.g. "4m05s", "1h30m"."""
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

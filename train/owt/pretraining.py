@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from model import LlamaForTraining
-from owt import distributed
+from owt import distributed, hellaswag
 from owt.checkpointing import load_checkpoint
 from owt.cli import UsageError
 from owt.config import TrainConfig, torchrun_world_size
@@ -191,6 +191,18 @@ def run_result(trainer: Trainer) -> dict:
     }
 
 
+def hellaswag_items(config: TrainConfig, world: World) -> list[hellaswag.Item]:
+    """--eval_hellaswag's items: rank 0 downloads them (once, into --hellaswag_dir); under FSDP
+    the other ranks then read the same files, since every rank must run the forwards."""
+    items = []
+    if world.is_main:
+        items = hellaswag.load_items(config.hellaswag_dir, config.eval_hellaswag)
+    distributed.wait_for_main(world)
+    if config.fsdp and not world.is_main:
+        items = hellaswag.load_items(config.hellaswag_dir, config.eval_hellaswag)
+    return items
+
+
 def build_trainer(
     config: TrainConfig,
     files: dict[str, list[Path]],
@@ -212,6 +224,8 @@ def build_trainer(
         compile_model=runtime.compile_model,
     )  # fmt: skip
     trainer.resume_hint = resume_command()
+    if config.eval_hellaswag:
+        trainer.hellaswag_items = hellaswag_items(config, world)
     if resume_state is not None:
         trainer.restore(resume_state, resume_from)
     return trainer, cache

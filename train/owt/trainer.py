@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from owt import distributed
+from owt import distributed, hellaswag
 from owt.checkpointing import (
     Progress,
     abandon_saves,
@@ -197,6 +197,7 @@ class Trainer:
         self.best: Evaluation | None = None
         self.stop = GracefulStop()
         self.resume_hint = "add --resume auto to the same command"
+        self.hellaswag_items: list[hellaswag.Item] = []  # --eval_hellaswag's, set by the caller
 
     @property
     def tokens_per_step(self) -> int:
@@ -341,6 +342,12 @@ class Trainer:
         if self.tokenizer is not None and (self.world.is_main or self.fsdp):
             sample = sample_text(self.model, self.tokenizer, SAMPLE_PROMPT)
             metrics.text(self.progress.step, "samples", sample)
+        if self.hellaswag_items and (self.world.is_main or self.fsdp):
+            with self.autocast():
+                metrics.scalars(self.progress.step, hellaswag.validation_scalars(
+                    self.model, self.tokenizer, self.hellaswag_items, self.device,
+                    self.config.max_length, self.batch_size * self.config.max_length,
+                ))  # fmt: skip
         if result.loss < self.progress.best_val_loss:
             self.progress.best_val_loss, self.progress.best_val_bpb = result.loss, result.bpb
             self.best = result
