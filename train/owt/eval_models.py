@@ -37,6 +37,13 @@ class EvalModel:
     run_dir: Path | None = None  # the pretrain.py output folder a checkpoint belongs to
 
 
+def unlimited(tokenizer: Any) -> Any:
+    """`tokenizer` without its model_max_length: documents are tokenized whole and cut into
+    windows here, so transformers' "sequence length is longer than..." warning is noise."""
+    tokenizer.model_max_length = 1 << 62
+    return tokenizer
+
+
 def run_folder(checkpoint: Path) -> Path | None:
     """The pretrain.py output folder holding `checkpoint` (its config.json beside it), or None."""
     folder = checkpoint.resolve().parent
@@ -66,7 +73,7 @@ def load_checkpoint_model(
     """
     path = Path(path)
     model, state = model_from_checkpoint(path, device)
-    tokenizer = checkpoint_tokenizer(state, tokenizer_name)
+    tokenizer = unlimited(checkpoint_tokenizer(state, tokenizer_name))
     run_dir = run_folder(path)
 
     def logits(ids: torch.Tensor) -> torch.Tensor:
@@ -97,7 +104,7 @@ def load_hf_model(name: str, device: torch.device) -> EvalModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = unlimited(AutoTokenizer.from_pretrained(name))
         model = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
     except Exception as exc:  # OSError, ValueError, HTTP errors...
         raise UsageError(_hf_load_error(name, exc)) from exc
