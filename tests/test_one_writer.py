@@ -1,20 +1,118 @@
-"""One folder, one writer: owt.folder_lock in-process, and a holder killed with SIGKILL."""
+"""One folder, one writer: pretrain.py holds its --output_dir's lock for the whole run, a second
+run there refuses at once and a killed run's lock blocks nobody. pretrain.py as a subprocess on
+the tiny dataset (conftest.tiny_dataset), held mid-run by tests/inject.py's pause faults (no
+sleeps); owt.folder_lock itself in-process."""
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from owt.checkpointing import CHECKPOINT_FORMAT, FORMAT_KEY
 from owt.cli import UsageError
 from owt.folder_lock import LOCK_FILE, FolderInUse, LockUnsupported, WriterLock, hold_folder
+from same_run import assert_curves_continue, read_checkpoint
+from scripts import (
+    FP32_EAGER,
+    TINY_RUN,
+    one_line_error,
+    pretrain_args,
+    run_script,
+    start_script,
+    wait_until,
+)
 
+RUN = {**TINY_RUN, "num_epochs": 1}
+STEPS = 17
+# Training forward call 18 (0-based, 2 a step) begins step 10: steps 1-9 are done, and saved up to
+# checkpoint_last.pt of step 8 and best_model.pt of step 6.
+PAUSE_IN_STEP_10 = 18
 ADVICE = "wait for it to finish, stop it, or choose another --output_dir"
+
+
+def files_of(out: Path) -> dict[str, int | None]:
+    """Every file under `out` -> its mtime (None for TensorBoard's log, which its writer's
+    thread may flush at any time): what a second writer must leave as it is."""
+    return {
+        str(p.relative_to(out)): None if "tensorboard" in p.parts else p.stat().st_mtime_ns
+        for p in out.rglob("*")
+        if p.is_file()
+    }
+
+
+def assert_refused(result: subprocess.CompletedProcess, out: Path, holder_pid: int) -> None:
+    """Exit 2 and one line naming the folder, the holder and what to do."""
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = one_line_error(result)
+    assert line.startswith("pretrain.py: error: "), line
+    assert f"--output_dir {out} is in use by another process (pid {holder_pid} on " in line
+    assert f" on {socket.gethostname()}, started " in line and "command: " in line
+    assert "pretrain.py --data_dir" in line and line.endswith(ADVICE), line
+
+
+def test_a_second_run_into_the_same_folder_refuses_at_once(
+    tiny_dataset, gpt2_tokenizer_dir, tmp_path
+):
+    """The first run is held in step 10, after checkpoint_last.pt (step 8) and best_model.pt
+    (step 6): the same command, with --resume auto and with --overwrite, each refuses before
+    touching a file; the first then finishes as if alone."""
+    out, paused = tmp_path / "out", tmp_path / "paused"
+    args = pretrain_args(tiny_dataset, out, gpt2_tokenizer_dir, RUN, FP32_EAGER)
+    log = tmp_path / "first.txt"
+    first = start_script(
+        "pretrain.py", *args, fault=f"pause_step:{PAUSE_IN_STEP_10}:{paused}", stderr=log.open("w")
+    )
+    wait_until(paused.exists, first)
+    before = files_of(out)
+    assert {"checkpoint_last.pt", "best_model.pt", "config.json"} <= before.keys()
+    for extra in ([], ["--resume", "auto"], ["--overwrite"]):
+        started = time.monotonic()
+        second = run_script("pretrain.py", *args, *extra, timeout=120)
+        assert_refused(second, out, first.pid)
+        # Refused by the cheap checks, before torch is imported (seconds), let alone a run.
+        assert time.monotonic() - started < 30, extra
+        assert files_of(out) == before, extra
+
+    paused.unlink()
+    assert first.wait(timeout=300) == 0, log.read_text()[-3000:]
+    assert len(list((out / "tensorboard").rglob("events.out.tfevents.*"))) == 1
+    assert_curves_continue(out, STEPS)  # one run's curve: each step once
+    record = json.loads((out / "config.json").read_text())
+    assert record["args"]["resume"] is None and not record["args"]["overwrite"]
+    assert record["result"]["steps"] == STEPS
+    assert read_checkpoint(out / "checkpoint_epoch_1.pt")["step"] == STEPS
+    assert read_checkpoint(out / "checkpoint_last.pt")["step"] == 16
+    for checkpoint in out.glob("*.pt"):  # best_model.pt too: every checkpoint says its format
+        assert read_checkpoint(checkpoint)[FORMAT_KEY] == CHECKPOINT_FORMAT, checkpoint
+    assert not (out / ".owt.lock.json").exists()  # who held it: gone with the run
+
+
+def test_after_kill_9_the_same_command_with_resume_auto_continues(
+    tiny_dataset, gpt2_tokenizer_dir, tmp_path
+):
+    out, paused = tmp_path / "out", tmp_path / "paused"
+    args = pretrain_args(tiny_dataset, out, gpt2_tokenizer_dir, RUN, FP32_EAGER)
+    killed = start_script("pretrain.py", *args, fault=f"pause_step:{PAUSE_IN_STEP_10}:{paused}")
+    wait_until(paused.exists, killed)
+    killed.kill()  # SIGKILL: no handler, no clean-up; the kernel drops the lock
+    killed.wait(timeout=60)
+    stale = json.loads((out / ".owt.lock.json").read_text())
+    assert stale["pid"] == killed.pid  # the dead holder's record is still there
+
+    resumed = run_script("pretrain.py", *args, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "in use" not in resumed.stderr
+    assert f"resumed from {out / 'checkpoint_last.pt'} at step 8" in resumed.stderr
+    assert read_checkpoint(out / "checkpoint_epoch_1.pt")["step"] == STEPS
+    assert_curves_continue(out, STEPS)
 
 
 # ---- owt.folder_lock in-process ---------------------------------------------------------------
