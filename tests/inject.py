@@ -18,6 +18,8 @@ Faults (the product code has no test hooks; this wrapper patches it from outside
                    MARKER, then sleeps: the test kills the process there
     pause_step:I:MARKER  training forward call I creates MARKER and waits until the test
                    removes it (at most PAUSE_SECONDS): the run is held mid-training
+    pause_cache:MARKER  the token cache build creates MARKER before tokenizing and waits
+                   likewise: the builder is held while it holds the cache's lock
 """
 
 from __future__ import annotations
@@ -171,6 +173,19 @@ def inject(fault: str) -> None:
     elif kind == "pause_step":
         at, marker = spec.split(":", 1)
         at_forward_call(int(at), lambda: pause(Path(marker)))
+    elif kind == "pause_cache":
+        from owt import token_cache
+
+        original_build = token_cache.build_token_cache
+        builds = {"n": 0}
+
+        def pausing_build(*args, **kwargs):
+            if builds["n"] == 0:  # before the first split
+                pause(Path(spec))
+            builds["n"] += 1
+            return original_build(*args, **kwargs)
+
+        token_cache.build_token_cache = pausing_build
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

@@ -1,7 +1,8 @@
 """One folder, one writer: pretrain.py holds its --output_dir's lock for the whole run, a second
-run there refuses at once and a killed run's lock blocks nobody. pretrain.py as a subprocess on
-the tiny dataset (conftest.tiny_dataset), held mid-run by tests/inject.py's pause faults (no
-sleeps); owt.folder_lock itself in-process."""
+run there refuses at once, a killed run's lock blocks nobody, and runs sharing a --data_dir build
+its token cache once. pretrain.py as a subprocess on the tiny dataset (conftest.tiny_dataset),
+held mid-run by tests/inject.py's pause faults (no sleeps); owt.folder_lock itself in-process.
+The data scripts' locks are tested with the hub stand-in in test_data_scripts.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import pytest
 from owt.checkpointing import CHECKPOINT_FORMAT, FORMAT_KEY
 from owt.cli import UsageError
 from owt.folder_lock import LOCK_FILE, FolderInUse, LockUnsupported, WriterLock, hold_folder
-from same_run import assert_curves_continue, read_checkpoint
+from owt.token_cache import sole_builder
+from same_run import assert_curves_continue, assert_same_tensors, read_checkpoint
 from scripts import (
     FP32_EAGER,
     TINY_RUN,
@@ -29,6 +31,7 @@ from scripts import (
     start_script,
     wait_until,
 )
+from textdata import tiny_layout
 
 RUN = {**TINY_RUN, "num_epochs": 1}
 STEPS = 17
@@ -115,6 +118,47 @@ def test_after_kill_9_the_same_command_with_resume_auto_continues(
     assert_curves_continue(out, STEPS)
 
 
+def test_runs_sharing_a_data_dir_build_its_token_cache_once(
+    documents, gpt2_tokenizer_dir, tmp_path
+):
+    """Two runs into two folders on one fresh dataset, started together: whichever takes the
+    cache's lock first builds (held there until the other is seen waiting), the other waits
+    with a progress line, then reads the same cache; both train on the same tokens."""
+    data = tiny_layout(tmp_path / "data", documents)  # no token cache yet
+    building = tmp_path / "building"
+    short = {**RUN, "max_steps": 3, "eval_max_batches": 1}
+    logs = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    runs = [
+        start_script(
+            "pretrain.py",
+            *pretrain_args(data, tmp_path / log.stem, gpt2_tokenizer_dir, short, FP32_EAGER),
+            fault=f"pause_cache:{building}",
+            stderr=log.open("w"),
+        )
+        for log in logs
+    ]
+    wait_until(building.exists, *runs)
+    wait_until(lambda: any("being built by" in log.read_text() for log in logs), *runs)
+    building.unlink()
+    for run, log in zip(runs, logs, strict=True):
+        assert run.wait(timeout=300) == 0, log.read_text()[-3000:]
+
+    stderrs = [log.read_text() for log in logs]
+    assert sum(text.count("token cache built") for text in stderrs) == 1
+    builder, waiter = sorted(range(2), key=lambda i: "token cache built" not in stderrs[i])
+    assert f"is being built by another run (pid {runs[builder].pid} on " in stderrs[waiter]
+    assert "waiting for the token cache" in stderrs[waiter]  # the progress line
+    assert "token cache reused" in stderrs[waiter] and "tokenizing" not in stderrs[waiter]
+    (cache,) = (data / "token_cache").iterdir()
+    assert sorted(p.name for p in cache.iterdir()) == [
+        LOCK_FILE, "meta.json", "train.bin", "validation.bin"
+    ]  # fmt: skip
+    records = [json.loads((tmp_path / log.stem / "config.json").read_text()) for log in logs]
+    assert records[0]["token_cache"] == records[1]["token_cache"]
+    weights = [read_checkpoint(tmp_path / log.stem / "checkpoint_last.pt")["model"] for log in logs]
+    assert_same_tensors(*weights)  # same tokens, same seed: the same run
+
+
 # ---- owt.folder_lock in-process ---------------------------------------------------------------
 
 
@@ -182,3 +226,11 @@ def test_a_folder_on_a_filesystem_without_locks_is_refused_in_one_line(tmp_path,
     assert isinstance(refused.value, UsageError) and "\n" not in message
     assert message.startswith(f"cannot lock {tmp_path / 'nfs'}: its filesystem does not support")
     assert "NFS" in message
+
+
+def test_a_token_cache_on_a_filesystem_without_locks_is_built_unlocked(tmp_path, no_locks, capsys):
+    """Reading data from such a folder must still work; two builds at once only do the work
+    twice (unique temp names, atomic renames)."""
+    with sole_builder(tmp_path):
+        pass
+    assert "building the token cache without a lock" in capsys.readouterr().err
