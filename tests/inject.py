@@ -16,6 +16,10 @@ Faults (the product code has no test hooks; this wrapper patches it from outside
                    sent during a step lands while the step is still running
     hang_save:K:MARKER  the K-th checkpoint save (1-based) writes half its bytes, creates
                    MARKER, then sleeps: the test kills the process there
+    pause_step:I:MARKER  training forward call I creates MARKER and waits until the test
+                   removes it (at most PAUSE_SECONDS): the run is held mid-training
+    pause_cache:MARKER  the token cache build creates MARKER before tokenizing and waits
+                   likewise: the builder is held while it holds the cache's lock
 """
 
 from __future__ import annotations
@@ -34,6 +38,33 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 import torch  # noqa: E402
 
 import model  # noqa: E402
+
+PAUSE_SECONDS = 300
+
+
+def pause(marker: Path) -> None:
+    """Create `marker`, then wait until it is removed (the test's go-ahead)."""
+    marker.touch()
+    deadline = time.monotonic() + PAUSE_SECONDS
+    while marker.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"inject: {marker} was not removed in {PAUSE_SECONDS} s")
+        time.sleep(0.02)
+
+
+def at_forward_call(at: int, action) -> None:
+    """Run `action()` at training forward call `at` (0-based), before the forward."""
+    original = model.LlamaForTraining.forward
+    calls = {"n": 0}
+
+    def forward(self, input_ids, targets=None, **kwargs):
+        if self.training:
+            if calls["n"] == at:
+                action()
+            calls["n"] += 1
+        return original(self, input_ids, targets, **kwargs)
+
+    model.LlamaForTraining.forward = forward
 
 
 def inject(fault: str) -> None:
@@ -109,17 +140,7 @@ def inject(fault: str) -> None:
         import signal
 
         name, at = spec.split(":")
-        original = model.LlamaForTraining.forward
-        calls = {"n": 0}
-
-        def signalling_forward(self, input_ids, targets=None, **kwargs):
-            if self.training:
-                if calls["n"] == int(at):
-                    os.kill(os.getpid(), getattr(signal, name))
-                calls["n"] += 1
-            return original(self, input_ids, targets, **kwargs)
-
-        model.LlamaForTraining.forward = signalling_forward
+        at_forward_call(int(at), lambda: os.kill(os.getpid(), getattr(signal, name)))
     elif kind == "slow":
         seconds = float(spec)
         original = model.LlamaForTraining.forward
@@ -149,6 +170,22 @@ def inject(fault: str) -> None:
             time.sleep(600)
 
         checkpointing.torch.save = hanging_save
+    elif kind == "pause_step":
+        at, marker = spec.split(":", 1)
+        at_forward_call(int(at), lambda: pause(Path(marker)))
+    elif kind == "pause_cache":
+        from owt import token_cache
+
+        original_build = token_cache.build_token_cache
+        builds = {"n": 0}
+
+        def pausing_build(*args, **kwargs):
+            if builds["n"] == 0:  # before the first split
+                pause(Path(spec))
+            builds["n"] += 1
+            return original_build(*args, **kwargs)
+
+        token_cache.build_token_cache = pausing_build
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

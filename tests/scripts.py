@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,19 @@ def start_script(
     )
 
 
+def wait_until(
+    condition: Callable[[], bool], *processes: subprocess.Popen, timeout: float = 120
+) -> None:
+    """Poll `condition` until it holds, failing the test if any of `processes` (started by
+    start_script) ends first or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        for process in processes:
+            assert process.poll() is None, f"a script ended early (exit {process.returncode})"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
 # ---- pretrain.py's arguments -------------------------------------------------------------------
 
 TINY_MODEL = {
@@ -111,6 +125,14 @@ TINY_MODEL = {
     "device": "cpu",
 }
 """A model small enough to train in seconds on a CPU."""
+
+TINY_RUN = {
+    "batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 2e-3,
+    "log_interval": 1, "save_interval": 4, "eval_interval": 6, "eval_max_batches": 2,
+}  # fmt: skip
+"""How the resume, fault and lock tests train on conftest.tiny_dataset: 17 optimizer steps an
+epoch of 4 x 2 windows, checkpoint_last.pt every 4 steps, a validation every 6 (best_model.pt
+when it improves). They add --num_epochs."""
 
 FP32_EAGER = {"dtype": "float32", "compile": "off"}
 """fp32, eagerly: for tests that compare runs splitting the same work differently (accumulation,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import subprocess
 import time
@@ -30,8 +31,17 @@ from hub_stub import (  # noqa: F401
     script_only_repo,
 )
 from owt.dataset_layout import DatasetNotFoundError, find_dataset
+from owt.folder_lock import LOCK_FILE, WriterLock
 from owt.layout_builder import BYTES_PER_TOKEN, choose_documents, read_info
-from scripts import FP32_EAGER, one_line_error, pretrain_args, run_script, script_env, start_script
+from scripts import (
+    FP32_EAGER,
+    one_line_error,
+    pretrain_args,
+    run_script,
+    script_env,
+    start_script,
+    wait_until,
+)
 
 TRAIN = Path(__file__).resolve().parents[1] / "train"
 FAST = ["--backoff_seconds", "0.01"]
@@ -393,6 +403,25 @@ def test_prepare_subset_input_errors_are_one_clear_line(tmp_path, content, messa
 # -- download_openwebtext -------------------------------------------------------------------------
 
 
+def assert_every_shard_once(hub: HubStub, out: Path) -> list[str]:
+    """`out` is the finished layout of every shard the stand-in serves: the shards moved into
+    train/ as downloaded (byte for byte what was served, so sha256-verified), and every document
+    of every shard in train/ or validation/ exactly once. Returns the validation documents."""
+    files = find_dataset(out)
+    assert [f.name for f in files["train"]] == SHARD_NAMES
+    for name in SHARD_NAMES[:-1]:  # moved into train/ as downloaded, not rewritten
+        assert (out / "train" / name).read_bytes() == served(hub)[name]
+    train, validation = texts(files["train"]), texts(files["validation"])
+    assert not set(train) & set(validation)
+    every_document = [
+        text
+        for data in served(hub).values()
+        for text in pq.read_table(pa.BufferReader(data)).column("text").to_pylist()
+    ]
+    assert Counter(train + validation) == Counter(every_document)  # nothing lost or doubled
+    return validation
+
+
 def test_download_openwebtext_then_pretrain_through_faults(hub, env, tmp_path, gpt2_tokenizer_dir):
     """The full path with the default settings: the last shard holds far fewer than 4,000
     documents, so half of it is held out; then pretrain.py trains on the layout as it is."""
@@ -405,21 +434,11 @@ def test_download_openwebtext_then_pretrain_through_faults(hub, env, tmp_path, g
     result = run_script("download_openwebtext.py", *args, env=env)
 
     assert result.returncode == 0, result.stderr
-    files = find_dataset(out)
-    assert [f.name for f in files["train"]] == SHARD_NAMES
-    for name in SHARD_NAMES[:2]:  # moved into train/ as downloaded, not rewritten
-        assert (out / "train" / name).read_bytes() == served(hub)[name]
+    validation = assert_every_shard_once(hub, out)
     last_shard = pq.read_table(pa.BufferReader(served(hub)[SHARD_NAMES[-1]]))
     held_out = last_shard.num_rows // 2
     assert f"Holding out {held_out:,} documents of {SHARD_PATHS[-1]}" in result.stdout
-    train, validation = texts(files["train"]), texts(files["validation"])
-    assert len(validation) == held_out and not set(train) & set(validation)
-    every_document = [
-        text
-        for data in served(hub).values()
-        for text in pq.read_table(pa.BufferReader(data)).column("text").to_pylist()
-    ]
-    assert Counter(train + validation) == Counter(every_document)  # nothing lost or doubled
+    assert len(validation) == held_out
 
     info = read_info(out / "dataset_info.txt")
     assert info["source"].startswith(OPENWEBTEXT_REPO)
@@ -498,6 +517,67 @@ def test_download_openwebtext_continues_after_losing_the_network(hub, env, tmp_p
     fetched = {r.path.rsplit("/", 1)[1] for r in hub.file_gets() if "/resolve/" in r.path}
     assert fetched == set(SHARD_NAMES[1:])  # the verified first shard is not fetched again
     assert [f.name for f in find_dataset(tmp_path / "owt")["train"]] == SHARD_NAMES
+
+
+def test_a_second_download_into_one_folder_refuses_and_the_first_completes(hub, env, tmp_path):
+    """The first download_openwebtext.py is held mid-shard (the stand-in stalls the body); the
+    same command in a second terminal refuses at once, before asking the hub anything, and the
+    first, let go, completes with every shard verified."""
+    out = tmp_path / "owt"
+    args = ["--output_dir", out, "--max_workers", 1, "--validation_documents", 20, *FAST]
+    hub.inject("stall")
+    log = tmp_path / "first.txt"
+    first = start_script(
+        "download_openwebtext.py",
+        *args,
+        env={**env, "HF_HUB_DOWNLOAD_TIMEOUT": "120"},  # the stall lasts until released
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    wait_until(lambda: any(p.stat().st_size for p in out.glob(".partial/*.part")), first)
+    asked = len(hub.requests)
+
+    second = run_script("download_openwebtext.py", *args, env=env, timeout=120)
+
+    assert second.returncode == 2, second.stderr
+    line = one_line_error(second)
+    assert line.startswith("download_openwebtext.py: error: ")
+    assert f"--output_dir {out} is in use by another process (pid {first.pid} on " in line
+    assert "download_openwebtext.py --output_dir" in line
+    assert line.endswith("wait for it to finish, stop it, or choose another --output_dir")
+    assert second.stdout == "" and len(hub.requests) == asked  # the hub was not asked
+    hub.release_stalls()
+    assert first.wait(timeout=120) == 0, log.read_text()
+    assert_every_shard_once(hub, out)
+    assert not leftovers(out) and not (out / ".partial").exists()
+
+
+@pytest.mark.parametrize(
+    "script, flag",
+    [
+        ("download_subset.py", "--output_dir"),
+        ("download_openwebtext.py", "--output_dir"),
+        ("prepare_subset.py", "--data_dir"),
+    ],
+)
+def test_a_data_script_refuses_a_folder_another_process_writes(
+    script, flag, hub, env, tmp_path, documents
+):
+    data = tmp_path / "data"
+    write_shards(data, documents)  # prepare_subset's input, as download_subset leaves it
+    holder = WriterLock(data / LOCK_FILE)  # this test process is the other writer
+    assert holder.acquire(timeout=0)
+    try:
+        before = {p: p.stat().st_mtime_ns for p in data.rglob("*")}
+        refused = run_script(script, flag, data, env=env)
+        after = {p: p.stat().st_mtime_ns for p in data.rglob("*")}
+    finally:
+        holder.release()
+    assert refused.returncode == 2, refused.stderr
+    line = one_line_error(refused)
+    assert f"{flag} {data} is in use by another process (pid {os.getpid()} on " in line
+    assert line.endswith(f"wait for it to finish, stop it, or choose another {flag}")
+    assert after == before and hub.requests == []
 
 
 def test_download_openwebtext_checks_disk_space_before_downloading(hub, env, tmp_path):

@@ -8,13 +8,12 @@ from __future__ import annotations
 import pickle
 import shutil
 import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from owt.folder_lock import LOCK_FILE
 from same_run import (
     assert_curves_continue,
     assert_same_tensors,
@@ -25,20 +24,19 @@ from same_run import (
 )
 from scripts import (
     FP32_EAGER,
+    TINY_RUN,
     error_line,
     last_line,
     pretrain_args,
     run_script,
     start_script,
+    wait_until,
 )
 from textdata import tiny_layout, write_layout
 
 # 2 epochs of 17 steps of 4 x 2 windows. Saves: best_model.pt at step 0, checkpoint_last.pt at
 # 4, best_model.pt at 6 (validation improved), checkpoint_last.pt at 8, ...
-RUN = {
-    "batch_size": 4, "gradient_accumulation_steps": 2, "num_epochs": 2, "learning_rate": 2e-3,
-    "log_interval": 1, "save_interval": 4, "eval_interval": 6, "eval_max_batches": 2,
-}  # fmt: skip
+RUN = {**TINY_RUN, "num_epochs": 2}
 TOTAL_STEPS = 34
 SECRET = "hf_owtSECRETtoken1234567890"
 
@@ -83,14 +81,6 @@ def interrupted_copy(run: Path, out: Path, checkpoint: str) -> Path:
 
 
 SLOW = "slow:1"  # 1 s before each training forward: 2 s an optimizer step
-
-
-def wait_until(condition, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the run ended early (exit {process.returncode})"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def test_hf_token_is_never_written(straight):
@@ -398,7 +388,7 @@ def test_bad_input_is_one_line_and_destroys_nothing(
     else:  # the error line, then the commands that create the dataset
         (error,) = [line for line in result.stderr.splitlines() if "error:" in line]
         assert "download_subset.py" in result.stderr.split(error)[1]
-    assert sorted(p.name for p in out.iterdir()) == ["precious.txt"]
+    assert sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE) == ["precious.txt"]
 
 
 def test_disk_full_while_tokenizing_leaves_nothing_partial(documents, gpt2_tokenizer_dir, tmp_path):
@@ -408,7 +398,7 @@ def test_disk_full_while_tokenizing_leaves_nothing_partial(documents, gpt2_token
     result = run_script("pretrain.py", *args, fault="enospc:token_cache")
     assert result.returncode == 2, result.stderr[-3000:]
     assert "no space left" in error_line(result).lower() and "Traceback" not in result.stderr
-    caches = list((data / "token_cache").glob("*/*"))
+    caches = [p for p in (data / "token_cache").glob("*/*") if p.name != LOCK_FILE]
     assert caches == [], caches  # no .bin, no meta.json, no temp file
     assert not list(out.glob("*.pt"))
 

@@ -16,7 +16,8 @@ in both). dataset_info.txt lists the source repo, resolved commit, shards, docum
 per split and the date.
 
 Interrupted at any point (Ctrl-C, network loss), the same command continues: verified shards are
-never fetched again and a partly downloaded shard resumes. Until the layout is complete,
+never fetched again and a partly downloaded shard resumes. One process writes OUTPUT_DIR at a
+time: a second one refuses at once (exit status 2), naming the first. Until the layout is complete,
 validation/ does not exist, so pretrain.py cannot start on a half-built dataset.
 
 HF_ENDPOINT selects the hub (a mirror, or a local stand-in in tests); HF_TOKEN, or a token saved by
@@ -31,6 +32,7 @@ import shutil
 from pathlib import Path
 
 from owt.cli import ArgumentParser, run_main
+from owt.folder_lock import hold_folder
 from owt.hub_download import (
     MANIFEST_FILE,
     PARTIAL_DIR,
@@ -150,6 +152,7 @@ def validation_count(requested: int | None, shard: Path) -> int:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    hold_folder(output_dir, "--output_dir")  # before the hub is asked anything
     snapshot, retry = snapshot_from_args(args)
     shards, heldout = snapshot.files, snapshot.files[-1]
     total = sum(f.size for f in shards)
@@ -178,7 +181,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Next: uv run train/pretrain.py --data_dir {output_dir}")
         return
 
-    output_dir.mkdir(parents=True, exist_ok=True)
     build = start_build(output_dir, key, keep=("train", HELDOUT_DIR))
     manifest = DownloadManifest(output_dir / MANIFEST_FILE)
     manifest.set_source(snapshot)

@@ -8,7 +8,8 @@ OUTPUT_DIR/download_manifest.json records where it came from (repo, resolved com
 sha256). Transient failures (HTTP 5xx/429, timeouts, dropped connections) are retried with
 exponential backoff; a dropped or interrupted download resumes where it stopped, also on a re-run.
 A re-run with a verified file downloads nothing. --shard N adds another shard: prepare_subset.py
-uses every shard in OUTPUT_DIR/shards/.
+uses every shard in OUTPUT_DIR/shards/. One process writes OUTPUT_DIR at a time: a second one
+refuses at once (exit status 2), naming the first.
 
 HF_ENDPOINT selects the hub (a mirror, or a local stand-in in tests); HF_TOKEN, or a token saved by
 `hf auth login`, is sent if set and is never printed or written.
@@ -20,6 +21,7 @@ import argparse
 from pathlib import Path
 
 from owt.cli import ArgumentParser, run_main
+from owt.folder_lock import hold_folder
 from owt.hub_download import (
     MANIFEST_FILE,
     PARTIAL_DIR,
@@ -53,6 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    hold_folder(output_dir, "--output_dir")  # before the hub is asked anything
     snapshot, retry = snapshot_from_args(args)
     if not 0 <= args.shard < len(snapshot.files):
         raise HubDownloadError(
@@ -62,7 +65,6 @@ def main(argv: list[str] | None = None) -> None:
         )
     remote = snapshot.files[args.shard]
     local = output_dir / SHARDS_DIR / remote.name
-    output_dir.mkdir(parents=True, exist_ok=True)
     manifest = DownloadManifest(output_dir / MANIFEST_FILE)
     manifest.set_source(snapshot)
     print(

@@ -47,8 +47,17 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        """The config `to_dict` wrote, key for key. An unknown key (a model this code does not
+        build) or a missing one raises ValueError: a default in its place would build another
+        model than the one saved."""
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(known))
+        missing = [name for name in known if name not in values]
+        problems = [f"unknown keys ({', '.join(unknown)})"] if unknown else []
+        problems += [f"no {', '.join(missing)}"] if missing else []
+        if problems:
+            raise ValueError(f"model config has {' and '.join(problems)}")
+        return cls(**values)
 
 
 class RMSNorm(nn.Module):

@@ -14,7 +14,8 @@ documents are taken until their UTF-8 length reaches 4.5 x --target_tokens (a sh
 seed, so the two sets never share a document. --num_documents 0 keeps every document.
 
 Same inputs and settings, same output: a re-run finds the layout already there and does nothing.
-A layout made from other shards or settings is never replaced without --overwrite.
+A layout made from other shards or settings is never replaced without --overwrite. One process
+writes DATA_DIR at a time: a second one refuses (exit status 2), naming the first.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 from pathlib import Path
 
 from owt.cli import ArgumentParser, run_main
+from owt.folder_lock import hold_folder
 from owt.hub_download import MANIFEST_FILE, DownloadManifest, format_bytes
 from owt.layout_builder import (
     BYTES_PER_TOKEN,
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
             f"No parquet shards in {source_dir}. Download one first: "
             f"uv run train/download_subset.py --output_dir {data_dir}"
         )
+    hold_folder(data_dir, "--data_dir")  # before a crashed publish is finished or replaced
     for shard in shards:
         open_shard(shard)  # fail on a bad input before any work
     hashes = {shard: _sha256(shard) for shard in shards}

@@ -3,8 +3,8 @@
     uv run train/pretrain.py --data_dir ./data/openwebtext_subset --output_dir ./checkpoints
 
 Runs under torchrun too (DistributedDataParallel, or FSDP2 sharding with --fsdp). Exit codes:
-0 done, 1 training failed (out of memory, diverged), 2 bad input, 130/143 stopped by
-SIGINT/SIGTERM (resumable).
+0 done, 1 training failed (out of memory, diverged), 2 bad input or --output_dir in use by another
+run, 130/143 stopped by SIGINT/SIGTERM (resumable).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 from owt.cli import run_main
 from owt.config import TrainConfig, build_parser, torchrun_world_size
 from owt.dataset_layout import check_parquet_files, find_dataset
-from owt.outputs import check_output_dir, resume_path
+from owt.outputs import claim_output_dir, resume_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     # The cheap checks first: a wrong flag, folder or file is reported before torch loads.
     output_dir = Path(config.output_dir)
     if not config.dry_run:  # a dry run writes nothing there
-        check_output_dir(output_dir, config.resume, config.overwrite)
+        claim_output_dir(output_dir, config.resume, config.overwrite)
     resume_from = resume_path(config.resume, output_dir)
     files = find_dataset(config.data_dir)
     for paths in files.values():

@@ -3,6 +3,7 @@
 A checkpoint is a dict of tensors and plain Python values, so `torch.load(weights_only=True)`
 reads it and a crafted pickle cannot run code:
 
+    format_version   CHECKPOINT_FORMAT (absent in checkpoints written before it was recorded: 1)
     model            state dict (transformers Llama key names)
     model_config     ModelConfig.to_dict()
     tokenizer_name   what --tokenizer_name was
@@ -34,7 +35,13 @@ from owt.cli import UsageError, no_space_left
 
 
 class CheckpointError(UsageError):
-    """A checkpoint is missing, truncated, unsafe or from another run."""
+    """A checkpoint is missing, truncated, unsafe, of another format or from another run."""
+
+
+CHECKPOINT_FORMAT = 1
+"""The layout above. Raise it with any change that older code would misread, so that it stops
+with a clear error instead; adding a key older code can ignore needs no new format."""
+FORMAT_KEY = "format_version"
 
 
 # ---- files ------------------------------------------------------------------------------------
@@ -106,7 +113,29 @@ def load_checkpoint(
         ) from exc
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
         raise CheckpointError(f"{path} is not an owt-pretrain checkpoint (no model/model_config).")
+    check_format(state, path)
+    try:
+        ModelConfig.from_dict(state["model_config"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"Cannot load {path}: {exc}.") from None
     return state
+
+
+def check_format(state: dict[str, Any], path: Path) -> None:
+    """Raise CheckpointError unless this code reads `state`'s format. A checkpoint without the
+    key was written before formats were recorded, in format 1."""
+    found = state.get(FORMAT_KEY, 1)
+    if found == CHECKPOINT_FORMAT:
+        return
+    if isinstance(found, int) and not isinstance(found, bool) and found > CHECKPOINT_FORMAT:
+        raise CheckpointError(
+            f"{path} is checkpoint format {found}, newer than this code reads (format "
+            f"{CHECKPOINT_FORMAT}): update owt-pretrain (git pull, uv sync) to load it."
+        )
+    raise CheckpointError(
+        f"{path} is of an unknown checkpoint format {found!r}; this code reads format "
+        f"{CHECKPOINT_FORMAT}."
+    )
 
 
 def model_from_checkpoint(
@@ -202,6 +231,7 @@ def training_state(
     """The checkpoint dict: weights only without `optimizer`, resumable with it. Under FSDP a
     collective (every rank calls it; rank 0 gets the full tensors, the others {})."""
     state = {
+        FORMAT_KEY: CHECKPOINT_FORMAT,
         "model": distributed.gather_model_state(model) if fsdp else model.state_dict(),
         "model_config": model.config.to_dict(),
         "tokenizer_name": tokenizer_name,

@@ -5,8 +5,12 @@
     OUTPUT_DIR/checkpoint_last.pt       every --save_interval steps and on SIGINT/SIGTERM
     OUTPUT_DIR/best_model.pt            weights with the best validation loss (not resumable)
     OUTPUT_DIR/tensorboard/             the curves and text samples
+    OUTPUT_DIR/.owt.lock                the one-writer lock (owt.folder_lock); .owt.lock.json
+                                        names its holder while a run writes there
 
-Plain paths only (no torch), so a wrong --output_dir or --resume is reported at once.
+One run writes a folder at a time: claim_output_dir takes the folder's lock before anything
+there is deleted or written. Plain paths only (no torch), so a wrong --output_dir or --resume,
+or a folder in use, is reported at once.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 from owt.cli import UsageError
+from owt.folder_lock import hold_folder, require_held
 
 CONFIG_FILE = "config.json"
 LAST_CHECKPOINT = "checkpoint_last.pt"
@@ -45,13 +50,22 @@ def newest_checkpoint(output_dir: Path | str) -> Path | None:
 
 
 def remove_stale_temp_files(output_dir: Path | str) -> None:
-    """Delete temp files a killed save left behind (they never carry a checkpoint's name)."""
+    """Delete temp files a killed save left behind (they never carry a checkpoint's name).
+    Only the folder's lock holder may: another live run's save in progress looks the same."""
+    require_held(output_dir)
     for tmp in Path(output_dir).glob(".*.pt.*.tmp"):
         tmp.unlink(missing_ok=True)
 
 
-def check_output_dir(path: Path, resume: str | None, overwrite: bool) -> None:
-    """Refuse a file, an unwritable folder, or a folder holding a run we were not told to resume."""
+def is_main_rank() -> bool:
+    """Rank 0 under torchrun, or the only process: the one that writes OUTPUT_DIR."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def claim_output_dir(path: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse a file, an unwritable folder, a folder another run is writing (its lock is held:
+    exit 2 naming that run) or one holding a run we were not told to resume. The main rank
+    holds the folder's lock from here to its exit; --overwrite clears the old run only then."""
     if path.exists() and not path.is_dir():
         raise UsageError(f"--output_dir {path} is a file, not a folder")
     try:
@@ -60,19 +74,23 @@ def check_output_dir(path: Path, resume: str | None, overwrite: bool) -> None:
             pass
     except OSError as exc:
         raise UsageError(f"--output_dir {path} is not writable ({exc.strerror})") from None
+    if is_main_rank():  # the other ranks never write there
+        hold_folder(path, "--output_dir")
     if resume is None and resumable_checkpoints(path):
         if not overwrite:
             raise UsageError(
                 f"--output_dir {path} already holds a run: pass --resume auto to continue it, "
                 "--overwrite to start afresh there, or choose another --output_dir"
             )
-        if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 alone
+        if is_main_rank():
             clear_run(path)
 
 
 def clear_run(path: Path) -> None:
     """Remove a previous run's outputs (only the files this contract names): its curves would
-    mix with the new run's in TensorBoard, and `--resume auto` could pick up its checkpoints."""
+    mix with the new run's in TensorBoard, and `--resume auto` could pick up its checkpoints.
+    Only the folder's lock holder may: the files could be another live run's."""
+    require_held(path)
     run = [path / CONFIG_FILE, path / BEST_MODEL, *resumable_checkpoints(path)]
     for file in run:
         file.unlink(missing_ok=True)

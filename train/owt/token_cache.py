@@ -3,10 +3,16 @@
     DATA_DIR/token_cache/<fingerprint>/train.bin         uint16 (uint32 if the vocabulary needs it)
     DATA_DIR/token_cache/<fingerprint>/validation.bin
     DATA_DIR/token_cache/<fingerprint>/meta.json         written last: its presence means complete
+    DATA_DIR/token_cache/<fingerprint>/.owt.lock         its builder's lock (owt.folder_lock)
 
 The fingerprint covers the tokenizer and every dataset file (name, size, mtime), so a changed
 tokenizer or dataset gets a fresh cache. Documents are read one parquet record batch at a time,
 so memory stays bounded whatever the dataset size.
+
+One run builds a cache: runs that share a DATA_DIR and start together take the cache folder's
+lock in turn; the first builds, the others wait for it (with a progress line) and read what it
+built. Every file is written under a name of its own and renamed into place, so even builders
+that do not lock (a filesystem without locks) can only do the work twice, never mix it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,11 +33,13 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from owt.dataset_layout import TEXT_COLUMN, DatasetFileError, check_parquet_files
+from owt.folder_lock import LOCK_FILE, LockUnsupported, WriterLock, describe_holder
 from owt.tokenization import TextEncoder
 
 CACHE_DIRNAME = "token_cache"
 META_FILE = "meta.json"
 READ_BATCH_DOCUMENTS = 1024
+WAIT_POLL_SECONDS = 0.5  # how often a waiting run tries the lock and updates its progress line
 
 
 @dataclass
@@ -118,23 +129,80 @@ def build_token_cache(
     return total, total_bytes
 
 
+def read_token_cache(directory: Path) -> TokenCache | None:
+    """The complete cache in `directory`, or None if meta.json is not there (yet)."""
+    try:
+        meta = json.loads((directory / META_FILE).read_text())
+    except FileNotFoundError:
+        return None
+    return TokenCache(
+        directory, directory.name, meta["dtype"], meta["num_tokens"], meta.get("num_bytes", {})
+    )
+
+
+def _bytes_written(directory: Path) -> int:
+    """What the builder has written so far: its token files, temporary or done."""
+    total = 0
+    for path in directory.glob("*.bin*"):
+        try:
+            total += path.stat().st_size
+        except FileNotFoundError:  # renamed into place meanwhile
+            pass
+    return total
+
+
+@contextmanager
+def sole_builder(directory: Path) -> Iterator[None]:
+    """Hold `directory`'s lock for the body; if another run holds it (it is building this
+    cache), say so and wait for it with a progress line (bytes it has written). Where the
+    filesystem cannot lock, build without it: concurrent builds are safe, only wasteful."""
+    lock = WriterLock(directory / LOCK_FILE)
+    try:
+        taken = lock.acquire(timeout=0)
+    except LockUnsupported as exc:
+        print(f"warning: {exc}; building the token cache without a lock", file=sys.stderr)
+        yield
+        return
+    if not taken:
+        print(
+            f"token cache {directory} is being built by another run "
+            f"({describe_holder(lock.holder())}): waiting for it, then reading it",
+            file=sys.stderr,
+        )
+        with tqdm(desc="waiting for the token cache", unit="B", unit_scale=True) as bar:
+            while not lock.acquire(timeout=WAIT_POLL_SECONDS):
+                bar.update(_bytes_written(directory) - bar.n)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 def load_or_build_token_cache(
     data_dir: Path, files: dict[str, list[Path]], encoder: TextEncoder
 ) -> tuple[TokenCache, bool]:
-    """Return the cache for these files and tokenizer, building it if needed; (cache, built)."""
+    """Return the cache for these files and tokenizer, building it if needed; (cache, built).
+    A complete cache is read without locking (DATA_DIR may be read-only)."""
     fingerprint = dataset_fingerprint(files, encoder)
     directory = Path(data_dir) / CACHE_DIRNAME / fingerprint
-    meta_path = directory / META_FILE
-    if meta_path.is_file():
-        meta = json.loads(meta_path.read_text())
-        cache = TokenCache(
-            directory, fingerprint, meta["dtype"], meta["num_tokens"], meta.get("num_bytes", {})
-        )
+    cache = read_token_cache(directory)
+    if cache is not None:
         return cache, False
 
     # Every split's files are checked before any tokenizing starts.
     documents = {split: check_parquet_files(paths) for split, paths in files.items()}
     directory.mkdir(parents=True, exist_ok=True)
+    with sole_builder(directory):
+        cache = read_token_cache(directory)  # built by the run we waited for
+        if cache is not None:
+            return cache, False
+        return _build_splits(directory, files, encoder, documents), True
+
+
+def _build_splits(
+    directory: Path, files: dict[str, list[Path]], encoder: TextEncoder, documents: dict[str, int]
+) -> TokenCache:
+    """Tokenize every split into `directory`, then write meta.json, which completes the cache."""
     sizes = {
         split: build_token_cache(
             paths, encoder, directory / f"{split}.bin", f"tokenizing {split}", documents[split]
@@ -144,17 +212,22 @@ def load_or_build_token_cache(
     num_tokens = {split: tokens for split, (tokens, _) in sizes.items()}
     num_bytes = {split: size for split, (_, size) in sizes.items()}
     cache = TokenCache(
-        directory, fingerprint, token_dtype(encoder.vocab_size), num_tokens, num_bytes
+        directory, directory.name, token_dtype(encoder.vocab_size), num_tokens, num_bytes
     )
     meta = {
-        "fingerprint": fingerprint,
+        "fingerprint": cache.fingerprint,
         "dtype": cache.dtype,
         "num_tokens": num_tokens,
         "num_bytes": num_bytes,
         "tokenizer": encoder.name,
         "files": {s: [p.name for p in paths] for s, paths in files.items()},
     }
-    tmp = meta_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2))
-    os.replace(tmp, meta_path)  # the commit point: only now does the cache count as complete
-    return cache, True
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{META_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as out:
+            json.dump(meta, out, indent=2)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, directory / META_FILE)  # the commit point: now the cache is complete
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return cache
