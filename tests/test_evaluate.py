@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,8 +17,9 @@ import pytest
 import torch
 
 from hub_stub import HUB_GITATTRIBUTES, HubStub, StubRepo
+from owt.folder_lock import LOCK_FILE, WriterLock
 from owt.lm_scores import TextScore
-from scripts import FP32_EAGER, pretrain_args, run_script
+from scripts import FP32_EAGER, one_line_error, pretrain_args, run_script
 from textdata import write_layout
 
 VOCAB = 50257
@@ -311,3 +313,26 @@ def test_bad_input_is_one_line_saying_what_to_do(
         errors = [line for line in result.stderr.splitlines() if "error:" in line]
         assert len(errors) == 1 and errors[0].startswith("evaluate.py: error: "), result.stderr
         assert advice in result.stderr and "Traceback" not in result.stderr, args
+
+
+def test_a_run_folder_in_use_is_not_written(tiny_run: Path, tiny_dataset: Path, tmp_path: Path):
+    """While another process (here: this test) holds the run folder, as a live pretrain.py
+    does, eval.json is refused there at once; elsewhere the evaluation runs and leaves the run's
+    TensorBoard alone."""
+    logged_before = tensorboard_scalars(tiny_run / "tensorboard", "eval/val_loss")
+    holder = WriterLock(tiny_run / LOCK_FILE)
+    assert holder.acquire(timeout=0)
+    try:
+        args = ("--device", "cpu", "--checkpoint", tiny_run / "best_model.pt",
+                "--data_dir", tiny_dataset, "--max_tokens", 1000)  # fmt: skip
+        refused = run_script("evaluate.py", *args)
+        elsewhere = run_script("evaluate.py", *args, "--output", tmp_path / "eval.json")
+    finally:
+        holder.release()
+    assert refused.returncode == 2
+    line = one_line_error(refused)
+    assert f"--output {tiny_run} is in use by another process (pid {os.getpid()} on" in line
+    assert line.endswith("wait for it to finish, stop it, or choose another --output"), line
+    assert elsewhere.returncode == 0, elsewhere.stderr[-3000:]
+    assert "warning: no eval/ scalars in its TensorBoard" in elsewhere.stderr
+    assert tensorboard_scalars(tiny_run / "tensorboard", "eval/val_loss") == logged_before

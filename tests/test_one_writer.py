@@ -19,8 +19,14 @@ import pytest
 
 from owt.checkpointing import CHECKPOINT_FORMAT, FORMAT_KEY
 from owt.cli import UsageError
-from owt.folder_lock import LOCK_FILE, FolderInUse, LockUnsupported, WriterLock, hold_folder
-from owt.token_cache import sole_builder
+from owt.folder_lock import (
+    LOCK_FILE,
+    FolderInUse,
+    LockUnsupported,
+    WriterLock,
+    hold_folder,
+    sole_builder,
+)
 from same_run import assert_curves_continue, assert_same_tensors, read_checkpoint
 from scripts import (
     FP32_EAGER,
@@ -146,7 +152,7 @@ def test_runs_sharing_a_data_dir_build_its_token_cache_once(
     stderrs = [log.read_text() for log in logs]
     assert sum(text.count("token cache built") for text in stderrs) == 1
     builder, waiter = sorted(range(2), key=lambda i: "token cache built" not in stderrs[i])
-    assert f"is being built by another run (pid {runs[builder].pid} on " in stderrs[waiter]
+    assert f"is being built by another process (pid {runs[builder].pid} on " in stderrs[waiter]
     assert "waiting for the token cache" in stderrs[waiter]  # the progress line
     assert "token cache reused" in stderrs[waiter] and "tokenizing" not in stderrs[waiter]
     (cache,) = (data / "token_cache").iterdir()
@@ -231,6 +237,6 @@ def test_a_folder_on_a_filesystem_without_locks_is_refused_in_one_line(tmp_path,
 def test_a_token_cache_on_a_filesystem_without_locks_is_built_unlocked(tmp_path, no_locks, capsys):
     """Reading data from such a folder must still work; two builds at once only do the work
     twice (unique temp names, atomic renames)."""
-    with sole_builder(tmp_path):
+    with sole_builder(tmp_path, "the token cache"):
         pass
     assert "building the token cache without a lock" in capsys.readouterr().err

@@ -26,6 +26,8 @@ from owt.cli import ArgumentParser, UsageError, run_main
 from owt.config import parse_count
 from owt.dataset_layout import HOW_TO_CREATE, DatasetNotFoundError, check_parquet_files
 from owt.dataset_layout import split_files as layout_split_files
+from owt.folder_lock import FolderInUse, hold_folder
+from owt.outputs import run_folder
 
 DEFAULT_MAX_TOKENS = 500_000
 BPB_NOTE = (
@@ -102,6 +104,28 @@ def validation_files(data_dir: str) -> list[Path]:
     return files
 
 
+def claim_run_folders(models: list[tuple[str, str]], output: Path) -> set[Path]:
+    """Hold, for the whole evaluation, the lock of each pretrain.py run folder this writes
+    into (eval.json, eval/ scalars in its TensorBoard), so no run starts there meanwhile.
+    eval.json bound for the folder of a live run is refused (FolderInUse: exit 2, choose
+    another --output); the eval/ scalars of such a run are skipped with a warning. Returns the
+    run folders whose TensorBoard may be written."""
+    output_run = run_folder(output)
+    if output_run is not None:
+        hold_folder(output_run, "--output")
+    writable = {output_run} - {None}
+    for run in {run_folder(name) for kind, name in models if kind == "checkpoint"} - {None}:
+        if run in writable:
+            continue
+        try:
+            hold_folder(run, "the checkpoint's run folder")
+        except FolderInUse as exc:
+            print(f"warning: no eval/ scalars in its TensorBoard: {exc}", file=sys.stderr)
+            continue
+        writable.add(run)
+    return writable
+
+
 def default_output(models: list[tuple[str, str]]) -> Path:
     checkpoints = [name for kind, name in models if kind == "checkpoint"]
     return Path(checkpoints[0]).parent / "eval.json" if checkpoints else Path("eval.json")
@@ -131,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
             )
     files = validation_files(args.data_dir) if args.data_dir else None
     output = Path(args.output) if args.output else default_output(args.models)
+    writable_runs = claim_run_folders(args.models, output)
 
     from owt import evaluating  # torch, transformers: seconds to import
 
@@ -140,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
         print(BPB_NOTE)
     write_json(output, results)
     print(f"wrote {output}", file=sys.stderr)
-    evaluating.log_to_runs(results["models"])
+    evaluating.log_to_runs(results["models"], writable_runs)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 
 from owt.checkpointing import load_checkpoint, model_from_checkpoint
 from owt.cli import UsageError
-from owt.outputs import CONFIG_FILE
+from owt.outputs import CONFIG_FILE, run_folder
 from owt.sampling import checkpoint_tokenizer
 
 
@@ -42,12 +42,6 @@ def unlimited(tokenizer: Any) -> Any:
     windows here, so transformers' "sequence length is longer than..." warning is noise."""
     tokenizer.model_max_length = 1 << 62
     return tokenizer
-
-
-def run_folder(checkpoint: Path) -> Path | None:
-    """The pretrain.py output folder holding `checkpoint` (its config.json beside it), or None."""
-    folder = checkpoint.resolve().parent
-    return folder if (folder / CONFIG_FILE).is_file() else None
 
 
 def trained_length(run_dir: Path | None, max_position_embeddings: int) -> int:

@@ -186,10 +186,11 @@ EVAL_SCALARS = {
 }
 
 
-def log_to_runs(rows: list[dict[str, Any]]) -> None:
-    """Each checkpoint's figures into its run's TensorBoard, under eval/, at its step."""
+def log_to_runs(rows: list[dict[str, Any]], writable: set[Path]) -> None:
+    """Each checkpoint's figures into its run's TensorBoard, under eval/, at its step (runs in
+    `writable` only: see evaluate.claim_run_folders)."""
     for row in rows:
-        if row["run_dir"] is None or row["step"] is None:
+        if row["run_dir"] is None or row["step"] is None or Path(row["run_dir"]) not in writable:
             continue
         values = {tag: row[key] for key, tag in EVAL_SCALARS.items() if row[key] is not None}
         metrics = Metrics(Path(row["run_dir"]) / TENSORBOARD_DIR)

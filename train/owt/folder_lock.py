@@ -29,11 +29,14 @@ import socket
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 
 import filelock
+from tqdm import tqdm
 
 from owt.cli import UsageError
 
@@ -160,6 +163,42 @@ def _write_json(path: Path, values: dict) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# ---- a folder one process fills while the others wait ------------------------------------------
+
+WAIT_POLL_SECONDS = 0.5  # how often a waiting process tries the lock and updates its progress
+
+
+@contextmanager
+def sole_builder(
+    directory: Path, what: str, bytes_written: Callable[[], int] = lambda: 0
+) -> Iterator[None]:
+    """Hold `directory`'s lock for the body, which fills it with `what` (e.g. "the token
+    cache"). If another process holds it (it is building the same thing), say so and wait for
+    it with a progress line (`bytes_written()` so far), then run the body, which should find
+    the work done. Where the filesystem cannot lock, run without the lock: the body must write
+    under names of its own and rename into place, so concurrent builders only repeat work."""
+    lock = WriterLock(directory / LOCK_FILE)
+    try:
+        taken = lock.acquire(timeout=0)
+    except LockUnsupported as exc:
+        print(f"warning: {exc}; building {what} without a lock", file=sys.stderr)
+        yield
+        return
+    if not taken:
+        print(
+            f"{what} in {directory} is being built by another process "
+            f"({describe_holder(lock.holder())}): waiting for it, then reading it",
+            file=sys.stderr,
+        )
+        with tqdm(desc=f"waiting for {what}", unit="B", unit_scale=True) as bar:
+            while not lock.acquire(timeout=WAIT_POLL_SECONDS):
+                bar.update(bytes_written() - bar.n)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # ---- a folder held for the life of the process ------------------------------------------------

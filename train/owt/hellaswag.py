@@ -20,6 +20,7 @@ lm-evaluation-harness preprocesses the text and normalises by characters instead
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 
 from owt.cli import UsageError
+from owt.folder_lock import sole_builder
 from owt.hub_download import (
     MANIFEST_FILE,
     PARTIAL_DIR,
@@ -97,18 +99,32 @@ def fetch_validation(folder: Path | str, retry: RetryPolicy | None = None) -> li
     cached = _cached_files(folder)
     if cached is not None:
         return cached
-    retry = retry or RetryPolicy()
-    snapshot = list_snapshot(REPO_ID, REVISION, data_files=[VALIDATION_FILES], retry=retry)
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = DownloadManifest(folder / MANIFEST_FILE)
-    manifest.set_source(snapshot)
-    jobs = [(remote, folder / remote.path) for remote in snapshot.files]
-    download_all(
-        snapshot, jobs, manifest=manifest, partial_dir=folder / PARTIAL_DIR, retry=retry,
-        max_workers=1,
-    )  # fmt: skip
+    # Two evaluations started together download once: the second waits, then reads the files.
+    with sole_builder(folder, "the HellaSwag download", lambda: _size(folder / PARTIAL_DIR)):
+        cached = _cached_files(folder)
+        if cached is not None:
+            return cached
+        retry = retry or RetryPolicy()
+        snapshot = list_snapshot(REPO_ID, REVISION, data_files=[VALIDATION_FILES], retry=retry)
+        manifest = DownloadManifest(folder / MANIFEST_FILE)
+        manifest.set_source(snapshot)
+        jobs = [(remote, folder / remote.path) for remote in snapshot.files]
+        download_all(
+            snapshot, jobs, manifest=manifest, partial_dir=folder / PARTIAL_DIR, retry=retry,
+            max_workers=1,
+        )  # fmt: skip
     print(f"HellaSwag: {REPO_ID}@{REVISION} is commit {snapshot.commit}, saved in {folder}")
     return sorted(local for _, local in jobs)
+
+
+def _size(folder: Path) -> int:
+    """Bytes of the files in `folder` (a download in progress)."""
+    total = 0
+    for path in folder.glob("*"):
+        with contextlib.suppress(OSError):  # renamed into place meanwhile
+            total += path.stat().st_size
+    return total
 
 
 def read_items(files: Sequence[Path], limit: int = 0) -> list[Item]:

@@ -57,6 +57,13 @@ def remove_stale_temp_files(output_dir: Path | str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def run_folder(path: Path | str) -> Path | None:
+    """The run output folder that holds the file `path` (config.json beside it), resolved; or
+    None if that folder is not one."""
+    folder = Path(path).resolve().parent
+    return folder if (folder / CONFIG_FILE).is_file() else None
+
+
 def is_main_rank() -> bool:
     """Rank 0 under torchrun, or the only process: the one that writes OUTPUT_DIR."""
     return os.environ.get("RANK", "0") == "0"

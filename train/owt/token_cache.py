@@ -20,10 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,13 +30,12 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from owt.dataset_layout import TEXT_COLUMN, DatasetFileError, check_parquet_files
-from owt.folder_lock import LOCK_FILE, LockUnsupported, WriterLock, describe_holder
+from owt.folder_lock import sole_builder
 from owt.tokenization import TextEncoder
 
 CACHE_DIRNAME = "token_cache"
 META_FILE = "meta.json"
 READ_BATCH_DOCUMENTS = 1024
-WAIT_POLL_SECONDS = 0.5  # how often a waiting run tries the lock and updates its progress line
 
 
 @dataclass
@@ -151,33 +147,6 @@ def _bytes_written(directory: Path) -> int:
     return total
 
 
-@contextmanager
-def sole_builder(directory: Path) -> Iterator[None]:
-    """Hold `directory`'s lock for the body; if another run holds it (it is building this
-    cache), say so and wait for it with a progress line (bytes it has written). Where the
-    filesystem cannot lock, build without it: concurrent builds are safe, only wasteful."""
-    lock = WriterLock(directory / LOCK_FILE)
-    try:
-        taken = lock.acquire(timeout=0)
-    except LockUnsupported as exc:
-        print(f"warning: {exc}; building the token cache without a lock", file=sys.stderr)
-        yield
-        return
-    if not taken:
-        print(
-            f"token cache {directory} is being built by another run "
-            f"({describe_holder(lock.holder())}): waiting for it, then reading it",
-            file=sys.stderr,
-        )
-        with tqdm(desc="waiting for the token cache", unit="B", unit_scale=True) as bar:
-            while not lock.acquire(timeout=WAIT_POLL_SECONDS):
-                bar.update(_bytes_written(directory) - bar.n)
-    try:
-        yield
-    finally:
-        lock.release()
-
-
 def load_or_build_token_cache(
     data_dir: Path, files: dict[str, list[Path]], encoder: TextEncoder
 ) -> tuple[TokenCache, bool]:
@@ -192,7 +161,7 @@ def load_or_build_token_cache(
     # Every split's files are checked before any tokenizing starts.
     documents = {split: check_parquet_files(paths) for split, paths in files.items()}
     directory.mkdir(parents=True, exist_ok=True)
-    with sole_builder(directory):
+    with sole_builder(directory, "the token cache", lambda: _bytes_written(directory)):
         cache = read_token_cache(directory)  # built by the run we waited for
         if cache is not None:
             return cache, False
