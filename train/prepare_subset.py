@@ -24,7 +24,8 @@ import hashlib
 from pathlib import Path
 
 from owt.cli import ArgumentParser, run_main
-from owt.hub_download import MANIFEST_FILE, DownloadManifest, format_bytes
+from owt.disk_space import format_bytes
+from owt.download_manifest import MANIFEST_FILE, DownloadManifest
 from owt.layout_builder import (
     BYTES_PER_TOKEN,
     SHARDS_DIR,
