@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,6 @@ import torch
 from owt import distributed
 from owt.checkpointing import (
     Progress,
-    abandon_saves,
     check_resumable,
     global_batch_hint,
     restore_training_state,
@@ -48,6 +45,7 @@ from owt.outputs import (
 )
 from owt.sampling import sample_text
 from owt.schedule import Budget, Schedule
+from owt.stopping import Clock, GracefulStop, StopRequested
 from owt.token_windows import EpochSampler, TokenWindows, micro_batches
 
 SAMPLE_PROMPT = "The meaning of life is"
@@ -77,59 +75,20 @@ def is_compile_failure(exc: BaseException) -> bool:
     return isinstance(exc, TorchDynamoException)
 
 
-class _StopRequested(Exception):
-    """Raised inside the loop after a SIGINT/SIGTERM, once the current step is complete."""
-
-
-class GracefulStop:
-    """While installed: the first SIGINT/SIGTERM asks the loop to finish its step, save and
-    exit; a second one exits at once. `uninstall` puts the previous handlers back."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def uninstall(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            abandon_saves()  # saves are atomic: the files they were replacing stay valid
-            os._exit(128 + signum)
-        self.signum = signum
-        # os.write, not print: a handler that prints can re-enter a write in progress.
-        name = signal.Signals(signum).name
-        notice = f"\n{name}: finishing this step and saving; press Ctrl-C again to quit at once.\n"
-        os.write(2, notice.encode())
-
-
-class Clock:
-    """Training time for --max_time, kept in `progress.elapsed_seconds` so a resumed run goes
-    on with the same budget. Under torchrun all ranks use the slowest rank's time, so they
-    agree on the learning rate and stop at the same step."""
-
-    def __init__(self, max_time: float, world: World) -> None:
-        self.max_time, self.world = max_time, world
-        self.base, self.started = 0.0, time.perf_counter()
-
-    def start(self, progress: Progress) -> None:
-        self.base, self.started = progress.elapsed_seconds, time.perf_counter()
-
-    def tick(self, progress: Progress) -> None:
-        elapsed = self.base + time.perf_counter() - self.started
-        if self.max_time:
-            elapsed = distributed.max_over_ranks(elapsed, self.world)
-        progress.elapsed_seconds = elapsed
-
-    def left(self, progress: Progress) -> float | None:
-        """Seconds of the time budget left (None without one)."""
-        return max(0.0, self.max_time - progress.elapsed_seconds) if self.max_time else None
+def plan(
+    config: TrainConfig, steps_per_epoch: int, tokens_per_step: int
+) -> tuple[Budget, Schedule]:
+    """The step budget the flags set (epochs, steps, tokens, time) and the learning-rate
+    schedule fitted to it."""
+    budget = Budget.of(
+        steps_per_epoch * config.num_epochs, config.max_steps, config.max_tokens,
+        tokens_per_step, config.max_time,
+    )  # fmt: skip
+    schedule = Schedule.of(
+        config.lr_schedule, budget, config.warmup_steps, config.min_lr_ratio,
+        config.cooldown_fraction,
+    )  # fmt: skip
+    return budget, schedule
 
 
 class Trainer:
@@ -163,14 +122,9 @@ class Trainer:
         self.sampler = EpochSampler(
             len(train_windows), config.sequences_per_step, config.seed, world.rank, world.size
         )
-        self.budget = Budget.of(
-            self.sampler.steps_per_epoch * config.num_epochs, config.max_steps,
-            config.max_tokens, self.tokens_per_step, config.max_time,
-        )  # fmt: skip
-        self.schedule = Schedule.of(
-            config.lr_schedule, self.budget, config.warmup_steps, config.min_lr_ratio,
-            config.cooldown_fraction,
-        )  # fmt: skip
+        self.budget, self.schedule = plan(
+            config, self.sampler.steps_per_epoch, self.tokens_per_step
+        )
         self.signature = run_signature(
             model.config, dataset_fingerprint, config.max_length, config.seed,
             config.sequences_per_step * world.size,
@@ -390,7 +344,7 @@ class Trainer:
                     )
                     continue
                 self._end_of(metrics, LAST_CHECKPOINT, f"{self.ended_by()} reached")
-        except _StopRequested:
+        except StopRequested:
             self.save(LAST_CHECKPOINT)
             log.close()  # the bar's last line before ours
             self.log(
@@ -425,7 +379,7 @@ class Trainer:
     def _stop_if_asked(self) -> None:
         """All ranks stop at the same step when any of them got SIGINT/SIGTERM."""
         if distributed.any_rank(self.stop.signum is not None, self.world):
-            raise _StopRequested
+            raise StopRequested
 
 
 def summary(trainer: Trainer) -> str:
