@@ -33,7 +33,7 @@ import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "train"), str(REPO / "tests")]
+sys.path.insert(0, str(REPO / "train"))
 
 MODEL = [
     "--hidden_size",
