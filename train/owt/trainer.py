@@ -34,7 +34,7 @@ from owt.config import TrainConfig
 from owt.devices import autocast, empty_cache, is_out_of_memory, to_device
 from owt.distributed import World
 from owt.evaluation import Evaluation, Evaluator
-from owt.metrics import Metrics, StepLog, log_line
+from owt.metrics import Metrics, PhaseTimes, StepLog, log_line
 from owt.optim import build_optimizer, set_learning_rates
 from owt.outputs import (
     BEST_MODEL,
@@ -44,7 +44,7 @@ from owt.outputs import (
     newest_checkpoint,
 )
 from owt.sampling import sample_text
-from owt.schedule import Budget, Schedule
+from owt.schedule import plan
 from owt.stopping import Clock, GracefulStop, StopRequested
 from owt.token_windows import EpochSampler, TokenWindows, micro_batches
 
@@ -73,22 +73,6 @@ def is_compile_failure(exc: BaseException) -> bool:
     from torch._dynamo.exc import TorchDynamoException
 
     return isinstance(exc, TorchDynamoException)
-
-
-def plan(
-    config: TrainConfig, steps_per_epoch: int, tokens_per_step: int
-) -> tuple[Budget, Schedule]:
-    """The step budget the flags set (epochs, steps, tokens, time) and the learning-rate
-    schedule fitted to it."""
-    budget = Budget.of(
-        steps_per_epoch * config.num_epochs, config.max_steps, config.max_tokens,
-        tokens_per_step, config.max_time,
-    )  # fmt: skip
-    schedule = Schedule.of(
-        config.lr_schedule, budget, config.warmup_steps, config.min_lr_ratio,
-        config.cooldown_fraction,
-    )  # fmt: skip
-    return budget, schedule
 
 
 class Trainer:
@@ -151,6 +135,7 @@ class Trainer:
         self.best: Evaluation | None = None
         self.stop = GracefulStop()
         self.resume_hint = "add --resume auto to the same command"
+        self.phases: PhaseTimes | None = None  # benchmarks/bench_train.py times the phases
 
     @property
     def tokens_per_step(self) -> int:
@@ -200,19 +185,25 @@ class Trainer:
         batches = micro_batches(indices, self.batch_size)
         step_loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
-            x, y = to_device(self.device, *self.train_windows.batch(batch))
+            with self._phase("data"):
+                x, y = to_device(self.device, *self.train_windows.batch(batch))
             last = i == len(batches) - 1
             # DDP: all-reduce gradients only on the step's last micro-batch. FSDP reduce-scatters
             # after every micro-batch: skipping it would keep whole unsharded gradients on each
             # rank until the last one, the memory FSDP is there to save.
             skip_sync = not last and self.world.size > 1 and not self.fsdp
-            with self.step_model.no_sync() if skip_sync else contextlib.nullcontext():
-                with self.autocast():
-                    _, loss = self.step_model(x, y)
-                loss = loss / len(batches)
-                loss.backward()
+            with self._phase("fwd_bwd"):
+                with self.step_model.no_sync() if skip_sync else contextlib.nullcontext():
+                    with self.autocast():
+                        _, loss = self.step_model(x, y)
+                    loss = loss / len(batches)
+                    loss.backward()
             step_loss += loss.detach()
         return step_loss
+
+    def _phase(self, name: str) -> contextlib.AbstractContextManager:
+        """Times `name` into `self.phases` when a benchmark set it; else nothing."""
+        return self.phases.phase(name) if self.phases is not None else contextlib.nullcontext()
 
     def train_step(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate and clip one step's gradients: (mean loss, gradient norm), on device.
@@ -246,9 +237,12 @@ class Trainer:
                 f"accumulation {self.accumulation} (same tokens per step)"
             )
 
-    def optimizer_step(self, indices: np.ndarray, log: StepLog, metrics: Metrics) -> None:
+    def optimizer_step(
+        self, indices: np.ndarray, log: StepLog, metrics: Metrics
+    ) -> torch.Tensor | None:
         """One optimizer step at the scheduled learning rate; a non-finite loss or gradient
-        skips the update (and too many in a row stop the run)."""
+        skips the update (and too many in a row stop the run). Returns the step's mean loss
+        (on the device), or None if the update was skipped."""
         progress, config = self.progress, self.config
         factor = self.schedule.factor(progress.step, progress.elapsed_seconds)
         lr = config.learning_rate * factor
@@ -278,6 +272,7 @@ class Trainer:
                 "short warmup, or float16 overflow (use bfloat16 or float32). Last good "
                 f"checkpoint: {newest_checkpoint(self.output_dir) or 'none yet'}"
             )
+        return step_loss if finite else None
 
     # ---- evaluation --------------------------------------------------------------------------
 
