@@ -19,6 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tiny import TINY
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train"
 INJECT = REPO / "tests" / "inject.py"
@@ -102,15 +104,8 @@ def start_script(
 
 # ---- pretrain.py's arguments -------------------------------------------------------------------
 
-TINY_MODEL = {
-    "hidden_size": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "max_length": 32,
-    "max_position_embeddings": 64,
-    "device": "cpu",
-}
-"""A model small enough to train in seconds on a CPU."""
+TINY_MODEL = {**TINY, "max_length": 32, "device": "cpu"}
+"""pretrain.py's flags for the tiny model (tiny.TINY), on the CPU."""
 
 FP32_EAGER = {"dtype": "float32", "compile": "off"}
 """fp32, eagerly: for tests that compare runs splitting the same work differently (accumulation,

@@ -32,12 +32,9 @@ from owt.download_manifest import DownloadManifest
 from owt.hub_listing import list_snapshot
 from owt.hub_retry import HubDownloadError, RetryPolicy, server_wait_seconds
 from owt.hub_transfer import download_file
+from same_run import sha256
 
 FAST = RetryPolicy(max_retries=3, backoff_seconds=0.0)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_stub_answers_the_real_client_like_the_hub(hub, documents):
