@@ -87,6 +87,12 @@ class TrainConfig:
     num_heads: int = flag(12, "attention heads (hidden_size / num_heads must be even)", MODEL)
     max_position_embeddings: int = flag(1024, "longest sequence the model supports", MODEL)
 
+    recipe: str | None = flag(
+        None,
+        "a named preset of these flags, recipes/NAME.toml (e.g. time_budget); flags given "
+        "explicitly win",
+        TRAINING,
+    )
     batch_size: int = flag(4, "sequences per micro-batch", TRAINING)
     max_length: int = flag(512, "tokens per sequence", TRAINING)
     gradient_accumulation_steps: int = flag(8, "micro-batches per optimizer step", TRAINING)
