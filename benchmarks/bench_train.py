@@ -84,7 +84,9 @@ def parse_shape(text: str) -> dict[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument(
+        "--device", default="auto", help="auto (as pretrain.py: MPS, then CUDA, then CPU) or a name"
+    )
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 | auto (autocast dtype)")
     # pretrain.py's own flags, same names and help; one micro-batch per step unless asked.
     add_flags(p, "compile", "gradient_accumulation_steps", "optimizer", "grad_clip")
