@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
 
-from bench_train import cpu_busy_jiffies, wait_for_idle  # noqa: E402
+from measure import cpu_busy_jiffies, wait_for_idle  # noqa: E402
 from model import LlamaForTraining, ModelConfig  # noqa: E402
 from owt.sampling import generate_ids  # noqa: E402
 

@@ -11,7 +11,8 @@ validation.
 
     (a) baseline  AdamW at nanoGPT's small-model learning rate (1e-3), cosine, fp32, eager
     (b) recipe    bf16 autocast where the CPU has it natively, torch.compile, Muon for the
-                  matrices, warmup-stable-decay to 0, tuned learning rates (RECIPE below)
+                  matrices, warmup-stable-decay to 0, tuned learning rates: pretrain.py
+                  --recipe time_budget (recipes/time_budget.toml)
 
 It prints one JSON object: each side's validation bits per byte at the end and its curve, and
 `time_ratio`, the fraction of the budget (b) needed to reach (a)'s final bits per byte
@@ -33,7 +34,7 @@ import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "train"), str(REPO / "tests")]
+sys.path.insert(0, str(REPO / "train"))
 
 MODEL = [
     "--hidden_size",
@@ -53,9 +54,8 @@ MODEL = [
 ]  # fmt: skip  (8 x 256 x 2 = 4,096 tokens)
 BASELINE = ["--optimizer", "adamw", "--learning_rate", "1e-3", "--lr_schedule", "cosine",
             "--dtype", "float32", "--compile", "off"]  # fmt: skip
-RECIPE = ["--optimizer", "muon", "--learning_rate", "3e-3", "--muon_learning_rate", "0.03",
-          "--lr_schedule", "wsd", "--cooldown_fraction", "0.3", "--min_lr_ratio", "0",
-          "--dtype", "auto", "--compile", "auto"]  # fmt: skip
+# The recipe measured here is recipes/time_budget.toml itself, as users run it.
+RECIPE = ["--recipe", "time_budget", "--dtype", "auto", "--compile", "auto"]
 MIN_CHARS = 300
 # Validation every 10 steps on the same 8 batches (16,384 tokens): a curve fine enough to read
 # the time to a given bits per byte off it, for ~10% of each side's time.

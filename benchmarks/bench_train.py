@@ -1,25 +1,31 @@
-"""Training-step throughput, MFU, time breakdown and peak memory of our model on this device.
+"""Throughput, MFU, time split and peak memory of pretrain.py's own training step on this device.
 
     uv run benchmarks/bench_train.py                      # the three reference shapes, CPU fp32
     uv run benchmarks/bench_train.py --compile off        # the same, eager
     uv run benchmarks/bench_train.py --shapes 12x768x1024x4 --steps 3     # one custom shape
     uv run benchmarks/bench_train.py --device cuda --dtype bf16
+    uv run benchmarks/bench_train.py --gradient_accumulation_steps 4 --optimizer muon
 
-The model is compiled or not as pretrain.py decides by default (--compile auto: torch.compile on
-CUDA and on a Linux CPU with a C++ compiler); compilation happens in the untimed warmup steps.
-(--loss_curves always runs eagerly.)
+What is timed is `Trainer.optimizer_step` (train/owt/trainer.py), the code pretrain.py runs each
+step: its micro-batch accumulation, DDP/FSDP-free here, gradient clipping, the non-finite check
+and the optimizer it builds (optim.build_optimizer), on a model built by pretraining.build_model,
+compiled or not as pretrain.py decides by default (--compile auto: torch.compile on CUDA and on a
+Linux CPU with a C++ compiler); compilation happens in the untimed warmup steps. The device is
+picked in pretrain.py's order (--device auto: MPS, then CUDA, then CPU).
 
-A shape is LAYERSxWIDTHxSEQxBATCH (heads = WIDTH/64). Each shape runs in a fresh child process
-(so allocator state and peak memory of one shape never leak into the next) that
+A shape is LAYERSxWIDTHxSEQxBATCH (heads = WIDTH/64; BATCH is the micro-batch, and each step
+takes --gradient_accumulation_steps of them, default 1). Each shape runs in a fresh child
+process (so allocator state and peak memory of one shape never leak into the next) that
 
   1. measures the device's matmul peak (2048^3, in this dtype and fp32) before and after the
      run, and in this dtype after every timed step (untimed),
-  2. builds the real model (train/model.py) and AdamW (decay on 2-D weights only, grad clip 1.0),
-  3. times `--steps` training steps after `--warmup` steps, each split into
-       data       random crops of a np.memmap of uint16 tokens -> int64 tensors on the device
-                  (pinned + non_blocking on CUDA), as a memmap loader does
-       fwd_bwd    forward under autocast + backward
-       optimizer  grad clip + AdamW step + zero_grad
+  2. builds the TrainConfig, model and Trainer pretrain.py would for this shape,
+  3. times `--steps` optimizer steps after `--warmup` steps, each split into
+       data       the Trainer's windows of a np.memmap of uint16 random tokens -> int64
+                  tensors on the device (owt.token_windows, devices.to_device)
+       fwd_bwd    forward under autocast + backward, summed over the micro-batches
+       optimizer  the rest of the step: grad clip, the finite check, optimizer step, zero_grad
+     (the device is synchronized around each phase: owt.metrics.PhaseTimes),
   4. prints one JSON object: tokens/s, MFU against the measured peak, per-phase medians, peak
      memory (CPU: peak RSS, also minus the RSS before the model was built).
 
@@ -34,12 +40,13 @@ clean; otherwise all steps are used and the JSON says so).
 
 Flags that try changes to model.py/pretrain.py without editing them (see --help):
 --pad_vocab (with the materialised-logits loss lm_loss.py replaced), --fused_qkv,
---gradient_checkpointing, --adamw, --no_allocator_tuning, --threads.
+--gradient_checkpointing, --adamw, --compile_embedding, --no_allocator_tuning, --threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -47,10 +54,11 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from statistics import median
 from typing import Any
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "train"))
@@ -76,9 +84,14 @@ def parse_shape(text: str) -> dict[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    p.add_argument(
+        "--device", default="auto", help="auto (as pretrain.py: MPS, then CUDA, then CPU) or a name"
+    )
     p.add_argument("--dtype", default="fp32", help="fp32 | bf16 | fp16 | auto (autocast dtype)")
-    add_flags(p, "compile")
+    # pretrain.py's own flags, same names and help; one micro-batch per step unless asked.
+    add_flags(p, "compile", "gradient_accumulation_steps", "optimizer", "grad_clip")
+    add_flags(p, "gradient_checkpointing")
+    p.set_defaults(gradient_accumulation_steps=1)
     p.add_argument(
         "--compile_embedding",
         action="store_true",
@@ -109,12 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="padded logits: slice to the real vocab, or fill them with -inf",
     )
     p.add_argument("--fused_qkv", action="store_true", help="one (3d x d) QKV matmul")
-    p.add_argument("--gradient_checkpointing", action="store_true", help="recompute blocks")
     p.add_argument(
         "--adamw",
         choices=["auto", "foreach", "fused", "forloop"],
         default="auto",
-        help="AdamW implementation (auto: as pretrain.py, optim.build_optimizer)",
+        help="AdamW implementation (auto: the Trainer's, optim.build_optimizer)",
     )
     p.add_argument(
         "--no_allocator_tuning",
@@ -218,6 +230,7 @@ def padded_vocab_forward(
 
 
 def make_token_file(folder: Path, n_tokens: int, vocab: int, seed: int = 0) -> Path:
+    """A uint16 token file of random ids, read as pretrain.py reads its token cache (memmap)."""
     import numpy as np
 
     path = folder / "tokens.bin"
@@ -229,28 +242,8 @@ def make_token_file(folder: Path, n_tokens: int, vocab: int, seed: int = 0) -> P
     return path
 
 
-def make_get_batch(path: Path, batch_size: int, seq_len: int, device: Any, seed: int = 0):
-    """nanoGPT-style loader: re-open the memmap per batch (no leak), random crops, int64."""
-    import numpy as np
-    import torch
-
-    rng = np.random.default_rng(seed)
-    pin = device.type == "cuda"
-
-    def get_batch():
-        data = np.memmap(path, dtype=np.uint16, mode="r")
-        ix = rng.integers(0, len(data) - seq_len - 1, size=batch_size)
-        rows = np.stack([data[i : i + seq_len + 1] for i in ix]).astype(np.int64)
-        xy = torch.from_numpy(rows)
-        if pin:
-            xy = xy.pin_memory()
-        xy = xy.to(device, non_blocking=True)
-        return xy[:, :-1], xy[:, 1:]
-
-    return get_batch
-
-
 def make_optimizer(model: Any, device: Any, impl: str) -> Any:
+    """(optimizer, implementation name): pretrain.py's for "auto", else the AdamW `impl`."""
     import torch
 
     from owt.optim import BETAS, build_optimizer, param_groups
@@ -263,224 +256,294 @@ def make_optimizer(model: Any, device: Any, impl: str) -> Any:
     return torch.optim.AdamW(groups, lr=6e-4, betas=BETAS, eps=1e-8, **kwargs), impl
 
 
+def bench_config(
+    args: argparse.Namespace, shape: dict[str, int], vocab: int, output_dir: Path, **settings: Any
+) -> Any:
+    """The TrainConfig pretrain.py would build for this shape and these flags (nothing is ever
+    written to `output_dir`: the benchmark calls the step, never fit())."""
+    from owt.config import TrainConfig
+
+    d, T = shape["hidden_size"], shape["seq_len"]
+    values = {
+        "output_dir": str(output_dir), "vocab_size": vocab, "hidden_size": d,
+        "num_layers": shape["num_layers"], "num_heads": d // 64,
+        "max_position_embeddings": max(T, 1024), "max_length": T,
+        "batch_size": shape["batch_size"],
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "optimizer": args.optimizer, "grad_clip": args.grad_clip,
+        "gradient_checkpointing": args.gradient_checkpointing, "learning_rate": 6e-4,
+        "seed": 0, "log_interval": 10**9, "eval_max_batches": 1,
+    }  # fmt: skip
+    return TrainConfig(**{**values, **settings}).validate()
+
+
+def build_trainer(
+    args: argparse.Namespace,
+    config: Any,
+    windows: tuple[Any, Any],
+    device: Any,
+    dtype: Any,
+    compiled: bool,
+) -> tuple[Any, str]:
+    """pretrain.py's model and Trainer on `windows` (train, validation), with the variants the
+    flags ask for; returns (trainer, AdamW implementation)."""
+    import torch
+
+    from owt.pretraining import build_model
+    from owt.trainer import Trainer
+
+    model = build_model(config, device)
+    if args.fused_qkv:
+        fuse_qkv(model)
+    if args.pad_vocab:  # the Trainer calls model(x, y) -> (logits, loss)
+        model.forward = lambda x, y, **_: (
+            None, padded_vocab_forward(model, x, y, REAL_VOCAB, args.pad_mode)
+        )  # fmt: skip
+    trainer = Trainer(
+        config, model, *windows, device=device, dtype=dtype,
+        compile_model=compiled and not args.compile_embedding,
+    )  # fmt: skip
+    if compiled and args.compile_embedding:  # the whole model in the graph, embedding included
+        trainer.step_model = torch.compile(model)
+    impl = args.adamw
+    if config.optimizer != "adamw":
+        impl = config.optimizer
+    elif impl != "auto":
+        trainer.optimizer, impl = make_optimizer(model, device, impl)
+    else:
+        impl = "fused" if trainer.optimizer.defaults.get("fused") else "foreach"
+    return trainer, impl
+
+
+def trainer_steps(trainer: Any) -> Any:
+    """The Trainer's own window order, epoch after epoch, as fit() walks it."""
+    for epoch in itertools.count():
+        yield from trainer.sampler.step_windows(epoch)
+
+
+def clean_peak(args: argparse.Namespace, device: Any, dtype: Any, tries: int = 8) -> float:
+    """Best matmul peak over up to 3 clean measurements (negative: none was clean, best
+    overall)."""
+    clean, dirty = [], []
+    meter = ForeignMeter()
+    for _ in range(tries):
+        meter.start()
+        flops = measure.measure_matmul_peak(device, dtype, repeats=1, min_seconds=0.3)
+        (clean if meter.stop() <= args.clean_threshold else dirty).append(flops)
+        if len(clean) >= 3:
+            break
+    return max(clean) if clean else -max(dirty)
+
+
+def peaks(args: argparse.Namespace, device: Any, dtype: Any) -> dict[str, float]:
+    """The matmul peak in fp32 and in `dtype`, by dtype name ({} with --no_peak)."""
+    import torch
+
+    if args.no_peak:
+        return {}
+    out = {"fp32": clean_peak(args, device, torch.float32)}
+    if dtype != torch.float32:
+        out[str(dtype).removeprefix("torch.")] = clean_peak(args, device, dtype)
+    return out
+
+
+def time_steps(args: argparse.Namespace, trainer: Any, dtype: Any) -> dict[str, Any]:
+    """Time Trainer.optimizer_step, pretrain.py's step, `--warmup` steps then until `--steps`
+    clean ones: per step its phases (data, fwd_bwd, the rest as optimizer), the foreign CPU
+    share, and the matmul peak measured right after it (untimed)."""
+    from owt.metrics import Metrics, PhaseTimes, StepLog
+
+    device, steps = trainer.device, args.steps or 10
+    quiet = Metrics(Path("."), enabled=False)
+    log = StepLog(
+        quiet, total_steps=None, start_step=0, tokens_per_step=trainer.tokens_per_step,
+        interval=10**9, device=device, enabled=False,
+    )  # fmt: skip
+    trainer.phases = PhaseTimes(device)
+    out: dict[str, Any] = {"times": {k: [] for k in ("data", "fwd_bwd", "optimizer", "step")}}
+    out.update(foreign=[], step_peaks=[], losses=[], peak_cpu=[0.0, 0.0, 0.0])
+    meter, windows = ForeignMeter(), trainer_steps(trainer)
+    started = time.perf_counter()
+    for step in range(args.warmup + (args.max_steps or 4 * steps)):
+        if step == args.warmup:
+            devices.synchronize(device)
+            out["cpu0"], out["wall0"] = os.times(), time.perf_counter()
+            out["warmup_s"] = out["wall0"] - started
+        meter.start()
+        t0 = time.perf_counter()
+        out["losses"].append(trainer.optimizer_step(next(windows), log, quiet))
+        devices.synchronize(device)
+        step_s, phases = time.perf_counter() - t0, trainer.phases.take()
+        if step < args.warmup:
+            continue
+        for name in ("data", "fwd_bwd"):
+            out["times"][name].append(phases.get(name, 0.0))
+        out["times"]["optimizer"].append(step_s - phases.get("data", 0) - phases.get("fwd_bwd", 0))
+        out["times"]["step"].append(step_s)
+        out["foreign"].append(meter.stop())
+        if not args.no_peak:
+            out["step_peaks"].append(peak_after_step(args, device, dtype, meter, out["peak_cpu"]))
+        if sum(f <= args.clean_threshold for f in out["foreign"]) >= steps:
+            break
+    out["wall"] = time.perf_counter() - out["wall0"] - out["peak_cpu"][0]
+    out["cpu1"] = os.times()
+    log.close()
+    return out
+
+
+def peak_after_step(
+    args: argparse.Namespace, device: Any, dtype: Any, meter: Any, spent: list[float]
+) -> float | None:
+    """The matmul peak right after a step (None if disturbed); adds its wall, user and system
+    seconds to `spent`, which the totals leave out."""
+    c0, w0 = os.times(), time.perf_counter()
+    meter.start()
+    flops = measure.measure_matmul_peak(device, dtype, repeats=3, min_seconds=0.1)
+    peak = flops if meter.stop() <= args.clean_threshold else None
+    c1 = os.times()
+    spent[0] += time.perf_counter() - w0
+    spent[1] += c1.user - c0.user
+    spent[2] += c1.system - c0.system
+    return peak
+
+
 def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]:
     """Benchmark one shape in this process; return the result dict."""
     tuned = False if args.no_allocator_tuning else devices.tune_cpu_allocator()
     import torch
 
-    from model import LlamaForTraining, ModelConfig
+    from owt.token_windows import TokenWindows
 
-    if args.device == "auto":
-        device = torch.device(
-            "cuda"
-            if torch.cuda.is_available()
-            else "mps"
-            if torch.backends.mps.is_available()
-            else "cpu"
-        )
-    else:
-        device = torch.device(args.device)
+    device = devices.resolve_device(args.device)  # pretrain.py's order: MPS, CUDA, CPU
     devices.setup_backend(device, args.threads or None)
     dtype = devices.resolve_dtype(device, args.dtype)
-    L, d, T, B = shape["num_layers"], shape["hidden_size"], shape["seq_len"], shape["batch_size"]
-    steps = args.steps or 10
-
-    def clean_peak(peak_dtype: Any, tries: int = 8, wanted: int = 3) -> float:
-        """Best matmul peak over clean measurements (best overall if none was clean)."""
-        clean, dirty = [], []
-        meter = ForeignMeter()
-        for _ in range(tries):
-            meter.start()
-            flops = measure.measure_matmul_peak(device, peak_dtype, repeats=1, min_seconds=0.3)
-            (clean if meter.stop() <= args.clean_threshold else dirty).append(flops)
-            if len(clean) >= wanted:
-                break
-        return max(clean) if clean else -max(dirty)  # negative: no clean measurement
-
-    def peaks() -> dict[str, float]:
-        out = {"fp32": clean_peak(torch.float32)}
-        if dtype != torch.float32:
-            out[str(dtype).removeprefix("torch.")] = clean_peak(dtype)
-        return out
-
-    peak_before = {} if args.no_peak else peaks()
-
+    peak_before = peaks(args, device, dtype)
     vocab = REAL_VOCAB
     if args.pad_vocab:
         vocab = -(-REAL_VOCAB // args.pad_vocab) * args.pad_vocab
-    torch.manual_seed(0)
     devices.reset_peak_memory(device)
     rss_base = devices.cpu_rss_bytes()
-    config = ModelConfig(
-        vocab_size=vocab,
-        hidden_size=d,
-        num_layers=L,
-        num_heads=d // 64,
-        max_position_embeddings=max(T, 1024),
-    )
-    model = LlamaForTraining(config).to(device)
-    if args.fused_qkv:
-        fuse_qkv(model)
-    model.train()
-    model.gradient_checkpointing = args.gradient_checkpointing
-    optimizer, adamw_impl = make_optimizer(model, device, args.adamw)
-
-    def loss_fn(x, y):
-        if args.pad_vocab:
-            return padded_vocab_forward(model, x, y, REAL_VOCAB, args.pad_mode)
-        return model(x, y)[1]
-
     compiled = devices.resolve_compile(device, args.compile)
-    if compiled:
-        # As pretrain.py compiles (the embedding eagerly), unless --compile_embedding.
-        compile_step = (
-            torch.compile
-            if args.compile_embedding
-            else partial(devices.compile_for_training, model)
-        )
-        loss_fn = compile_step(loss_fn)
-
     with tempfile.TemporaryDirectory() as tmp:
-        token_file = make_token_file(Path(tmp), args.data_tokens, REAL_VOCAB)
-        get_batch = make_get_batch(token_file, B, T, device)
-        times: dict[str, list[float]] = {"data": [], "fwd_bwd": [], "optimizer": [], "step": []}
-        foreign: list[float] = []
-        step_peaks: list[float | None] = []  # matmul peak right after each timed step, if clean
-        peak_wall = peak_user = peak_system = 0.0  # time spent in those, left out of totals
-        losses = []
-        max_steps = args.max_steps or 4 * steps
-        meter = ForeignMeter()
-        t_compile = time.perf_counter()
-        step = 0
-        while step < args.warmup + max_steps:
-            if step == args.warmup:
-                devices.synchronize(device)
-                cpu0, wall0 = os.times(), time.perf_counter()
-                if step:
-                    t_compile = time.perf_counter() - t_compile
-            meter.start()
-            t0 = time.perf_counter()
-            x, y = get_batch()
-            devices.synchronize(device)
-            t1 = time.perf_counter()
-            with devices.autocast(device, dtype):
-                loss = loss_fn(x, y)
-            loss.backward()
-            devices.synchronize(device)
-            t2 = time.perf_counter()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            devices.synchronize(device)
-            t3 = time.perf_counter()
-            losses.append(loss.detach())
-            if step >= args.warmup:
-                for k, v in (("data", t1 - t0), ("fwd_bwd", t2 - t1), ("optimizer", t3 - t2)):
-                    times[k].append(v)
-                times["step"].append(t3 - t0)
-                foreign.append(meter.stop())
-                if not args.no_peak:
-                    c0, w0 = os.times(), time.perf_counter()
-                    meter.start()
-                    flops = measure.measure_matmul_peak(device, dtype, repeats=3, min_seconds=0.1)
-                    step_peaks.append(flops if meter.stop() <= args.clean_threshold else None)
-                    peak_wall += time.perf_counter() - w0
-                    c1 = os.times()
-                    peak_user += c1.user - c0.user
-                    peak_system += c1.system - c0.system
-                if sum(f <= args.clean_threshold for f in foreign) >= steps:
-                    break
-            step += 1
-        wall = time.perf_counter() - wall0 - peak_wall
-        cpu1 = os.times()
+        config = bench_config(args, shape, vocab, Path(tmp))
+        tokens = np.memmap(
+            make_token_file(Path(tmp), args.data_tokens, REAL_VOCAB), dtype=np.uint16, mode="r"
+        )
+        windows = TokenWindows(tokens, config.max_length)
+        trainer, adamw_impl = build_trainer(
+            args, config, (windows, windows), device, dtype, compiled
+        )
+        run = time_steps(args, trainer, dtype)
+        del tokens
+    result = summarize(args, trainer, run, dtype, peak_before, peaks(args, device, dtype))
+    result.update(
+        vocab_size=vocab, compile=compiled, compile_embedding=compiled and args.compile_embedding,
+        adamw=adamw_impl, allocator_tuned=tuned, threads=torch.get_num_threads(),
+    )  # fmt: skip
+    if compiled and args.warmup:
+        result["warmup_s_incl_compile"] = round(run["warmup_s"], 2)
+    if device.type == "cpu":
+        result["peak_memory_over_baseline_bytes"] = result["peak_memory_bytes"] - rss_base
+    return result
 
+
+def summarize(
+    args: argparse.Namespace,
+    trainer: Any,
+    run: dict[str, Any],
+    dtype: Any,
+    peak_before: dict[str, float],
+    peak_after: dict[str, float],
+) -> dict[str, Any]:
+    """The JSON of one shape: speed and MFU over the clean steps, the phase split, memory."""
+    config, device = trainer.config, trainer.device
     # The real vocabulary, so --pad_vocab never inflates MFU.
-    flops_per_token = measure.model_flops_per_token(replace(config, vocab_size=REAL_VOCAB), T)
+    flops_per_token = measure.model_flops_per_token(
+        replace(trainer.model.config, vocab_size=REAL_VOCAB), config.max_length
+    )
+    foreign, tokens_per_step = run["foreign"], trainer.tokens_per_step
     # Statistics over the clean steps if at least 3 were clean, else over all (flagged).
     clean = [i for i, f in enumerate(foreign) if f <= args.clean_threshold]
     use = clean if len(clean) >= 3 else list(range(len(foreign)))
-    # Each step's FLOP/s over the peak measured right after it: numerator and denominator see
-    # the same machine, so drift of a shared VM's speed during the run cancels out.
-    pairs = [(times["step"][i], step_peaks[i]) for i in use if step_peaks and step_peaks[i]]
-    paired_peaks = [peak for _, peak in pairs]
-    paired_mfu = [B * T * flops_per_token / step_s / peak for step_s, peak in pairs]
-    times = {k: [v[i] for i in use] for k, v in times.items()}
-
-    peak_mem = devices.peak_memory_bytes(device)
-    peak_after = {} if args.no_peak else peaks()
-    tokens_per_step = B * T
+    times = {k: [v[i] for i in use] for k, v in run["times"].items()}
     step_med = median(times["step"])
-    tokens_per_s = tokens_per_step / step_med
-    achieved = flops_per_token * tokens_per_s
+    achieved = flops_per_token * tokens_per_step / step_med
+    losses = [loss for loss in run["losses"] if loss is not None]
+    cpu0, cpu1, (_, peak_user, peak_system) = run["cpu0"], run["cpu1"], run["peak_cpu"]
+    user, system = cpu1.user - cpu0.user - peak_user, cpu1.system - cpu0.system - peak_system
     result: dict[str, Any] = {
-        "shape": f"{L}x{d}x{T}x{B}",
-        "num_layers": L,
-        "hidden_size": d,
-        "num_heads": d // 64,
-        "seq_len": T,
-        "batch_size": B,
-        "device": str(device),
-        "dtype": str(dtype).removeprefix("torch."),
-        "compile": compiled,
-        "compile_embedding": compiled and args.compile_embedding,
-        "vocab_size": vocab,
-        "pad_mode": args.pad_mode,
-        "fused_qkv": args.fused_qkv,
-        "gradient_checkpointing": args.gradient_checkpointing,
-        "adamw": adamw_impl,
-        "allocator_tuned": tuned,
-        "threads": torch.get_num_threads(),
-        "params": model.num_parameters(),
-        "steps": len(foreign),
-        "clean_steps": len(clean),
+        "shape": f"{config.num_layers}x{config.hidden_size}x{config.max_length}x"
+        f"{config.batch_size}",
+        "num_layers": config.num_layers, "hidden_size": config.hidden_size,
+        "num_heads": config.num_heads, "seq_len": config.max_length,
+        "batch_size": config.batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps,
+        "optimizer": config.optimizer, "grad_clip": config.grad_clip,
+        "step": "Trainer.optimizer_step (train/owt/trainer.py), as pretrain.py runs it",
+        "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+        "pad_mode": args.pad_mode, "fused_qkv": args.fused_qkv,
+        "gradient_checkpointing": config.gradient_checkpointing,
+        "params": trainer.model.num_parameters(),
+        "steps": len(foreign), "clean_steps": len(clean),
         "stats_over": "clean steps" if len(use) == len(clean) else "all steps (disturbed)",
         "warmup": args.warmup,
-        "tokens_per_s": round(tokens_per_s, 1),
-        "tokens_per_s_mean_all_steps": round(tokens_per_step * len(foreign) / wall, 1),
+        "tokens_per_s": round(tokens_per_step / step_med, 1),
+        "tokens_per_s_mean_all_steps": round(tokens_per_step * len(foreign) / run["wall"], 1),
         "model_flops_per_token": flops_per_token,
         "achieved_tflops": round(achieved / 1e12, 4),
-        "step_s_median": round(step_med, 4),
-        "step_s_min": round(min(times["step"]), 4),
+        "step_s_median": round(step_med, 4), "step_s_min": round(min(times["step"]), 4),
         "breakdown_s_median": {k: round(median(v), 5) for k, v in times.items() if k != "step"},
         "breakdown_frac": {
             k: round(sum(v) / sum(times["step"]), 4) for k, v in times.items() if k != "step"
         },
-        "cpu_system_frac": round(
-            (cpu1.system - cpu0.system - peak_system)
-            / max(
-                1e-9,
-                (cpu1.user - cpu0.user - peak_user) + (cpu1.system - cpu0.system - peak_system),
-            ),
-            4,
-        ),
+        "cpu_system_frac": round(system / max(1e-9, user + system), 4),
         # Share of the machine's CPU time used by other processes during the timed steps.
         "foreign_cpu_frac_median": round(median(foreign), 4),
         "foreign_cpu_frac_used_steps": round(max(foreign[i] for i in use), 4),
-        "loss_first": round(losses[0].item(), 4),
-        "loss_last": round(losses[-1].item(), 4),
-        "peak_memory_bytes": peak_mem,
+        "loss_first": round(losses[0].item(), 4), "loss_last": round(losses[-1].item(), 4),
+        "peak_memory_bytes": devices.peak_memory_bytes(device),
         "load_avg": os.getloadavg()[0],
-    }
-    if compiled and args.warmup:
-        result["warmup_s_incl_compile"] = round(t_compile, 2)
-    if device.type == "cpu":
-        result["peak_memory_over_baseline_bytes"] = peak_mem - rss_base
+    }  # fmt: skip
+    # Each step's FLOP/s over the peak measured right after it: numerator and denominator see
+    # the same machine, so drift of a shared VM's speed during the run cancels out.
+    pairs = [
+        (run["times"]["step"][i], run["step_peaks"][i])
+        for i in use
+        if run["step_peaks"] and run["step_peaks"][i]
+    ]
+    paired_mfu = [flops_per_token * tokens_per_step / step_s / peak for step_s, peak in pairs]
+    add_mfu(result, achieved, dtype, peak_before, peak_after, paired_mfu, [p for _, p in pairs])
+    return result
+
+
+def add_mfu(
+    result: dict[str, Any],
+    achieved: float,
+    dtype: Any,
+    peak_before: dict[str, float],
+    peak_after: dict[str, float],
+    paired_mfu: list[float],
+    paired_peaks: list[float],
+) -> None:
+    """MFU against the measured peaks (paired per step when there are 3 or more clean pairs),
+    against the fp32 peak for reduced precision, and against the vendor's data-sheet peak."""
+    import torch
+
+    for name in peak_before:
+        pair = (peak_before[name], peak_after[name])
+        if max(pair) < 0:  # neither measurement was clean
+            result["matmul_peak_disturbed"] = True
+        peak = max(pair) if max(pair) > 0 else max(abs(v) for v in pair)
+        result[f"matmul_peak_tflops_{name}"] = round(peak / 1e12, 4)
+        result[f"matmul_peak_tflops_{name}_before_after"] = [
+            round(abs(peak_before[name]) / 1e12, 4),
+            round(abs(peak_after[name]) / 1e12, 4),
+        ]
     if peak_before:
-        for name in peak_before:
-            pair = (peak_before[name], peak_after[name])
-            if max(pair) < 0:  # neither measurement was clean
-                result["matmul_peak_disturbed"] = True
-            peak = max(pair) if max(pair) > 0 else max(abs(v) for v in pair)
-            result[f"matmul_peak_tflops_{name}"] = round(peak / 1e12, 4)
-            result[f"matmul_peak_tflops_{name}_before_after"] = [
-                round(abs(peak_before[name]) / 1e12, 4),
-                round(abs(peak_after[name]) / 1e12, 4),
-            ]
         mfu_key = str(dtype).removeprefix("torch.") if dtype != torch.float32 else "fp32"
         best = result[f"matmul_peak_tflops_{mfu_key}"] * 1e12
         # Against the best peak seen before or after the run (the yardstick before pairing).
-        result["mfu_vs_best_peak"] = round(achieved / best, 4)
-        result["mfu"] = result["mfu_vs_best_peak"]
+        result["mfu_vs_best_peak"] = result["mfu"] = round(achieved / best, 4)
         if len(paired_mfu) >= 3:  # the headline: each step against the peak measured after it
             result["mfu"] = round(median(paired_mfu), 4)
             result["mfu_stats_over"] = f"{len(paired_mfu)} steps, each against its own peak"
@@ -488,21 +551,16 @@ def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]
                 median(paired_peaks) / 1e12, 4
             )
         if dtype != torch.float32:  # also against the fp32 peak, the same yardstick as fp32 runs
-            result["mfu_vs_fp32_peak"] = round(
-                achieved / (result["matmul_peak_tflops_fp32"] * 1e12), 4
-            )
-    vendor = measure.vendor_peak_flops(device, dtype)
+            fp32 = result["matmul_peak_tflops_fp32"] * 1e12
+            result["mfu_vs_fp32_peak"] = round(achieved / fp32, 4)
+    vendor = measure.vendor_peak_flops(torch.device(result["device"]), dtype)
     if vendor:
         result["vendor_peak_tflops"] = vendor / 1e12
         result["mfu_vs_vendor_peak"] = round(achieved / vendor, 4)
-    return result
 
 
 def english_tokens() -> Any:
-    """Python's documentation (tests/textdata.py) encoded with the real GPT-2 tokenizer."""
-    import numpy as np
-
-    sys.path.insert(0, str(REPO / "tests"))
+    """Python's documentation (textdata.py) encoded with the real GPT-2 tokenizer."""
     from transformers import AutoTokenizer
 
     from textdata import english_documents, save_gpt2_tokenizer
@@ -516,92 +574,71 @@ def english_tokens() -> Any:
 
 
 def loss_curves(args: argparse.Namespace) -> dict[str, Any]:
-    """Train the same model from the same init on the same batches once per dtype, eagerly.
+    """Train the same model from the same init on the same windows once per dtype, eagerly,
+    with the Trainer's step.
 
-    90% of the tokens train (random crops, same order for every dtype), the last 10% validate.
-    AdamW lr 1e-3, 10 warmup steps then cosine to 1e-4, grad clip 1.0. Returns per-step train
-    losses, validation losses every 25 steps and the median step time for each dtype.
+    90% of the tokens train (the Trainer's seeded window order, the same for every dtype), the
+    last 10% validate. AdamW lr 1e-3, 10 warmup steps then cosine to 1e-4, grad clip 1.0. Returns
+    per-step train losses, validation losses every 25 steps and the median step time per dtype.
     """
     tuned = False if args.no_allocator_tuning else devices.tune_cpu_allocator()
-    import math
-
-    import numpy as np
     import torch
 
-    from model import LlamaForTraining, ModelConfig
+    from owt.token_windows import TokenWindows
 
-    device = torch.device("cpu" if args.device == "auto" else args.device)
+    device = devices.resolve_device(args.device)
     devices.setup_backend(device, args.threads or None)
     shape = parse_shape(args.shapes[0] if args.shapes != DEFAULT_SHAPES else "4x256x256x8")
-    L, d, T, B = shape["num_layers"], shape["hidden_size"], shape["seq_len"], shape["batch_size"]
     tokens = english_tokens()
     split = int(0.9 * len(tokens))
-    train, val = torch.from_numpy(tokens[:split]), torch.from_numpy(tokens[split:])
-    steps = args.loss_curves
-    rng = np.random.default_rng(args.seed)
-    starts = rng.integers(0, len(train) - T - 1, size=(steps, B))
-    val_starts = np.arange(0, len(val) - T - 1, T)[:32]
+    T = shape["seq_len"]
+    train, val = TokenWindows(tokens[:split], T), TokenWindows(tokens[split:], T)
     out: dict[str, Any] = {
-        "shape": f"{L}x{d}x{T}x{B}",
-        "steps": steps,
-        "train_tokens": split,
-        "val_tokens": len(val),
-        "allocator_tuned": tuned,
-        "threads": torch.get_num_threads(),
-        "runs": {},
-    }
-
-    def lr_at(step: int) -> float:
-        if step < 10:
-            return 1e-3 * (step + 1) / 10
-        progress = (step - 10) / max(1, steps - 10)
-        return 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * progress))
-
+        "shape": "x".join(str(v) for v in shape.values()),
+        "steps": args.loss_curves, "train_tokens": split, "val_tokens": len(tokens) - split,
+        "allocator_tuned": tuned, "threads": torch.get_num_threads(), "runs": {},
+    }  # fmt: skip
     for name in args.compare_dtypes:
         dtype = devices.resolve_dtype(device, name)
-        torch.manual_seed(args.seed)
-        config = ModelConfig(
-            hidden_size=d, num_layers=L, num_heads=d // 64, max_position_embeddings=max(T, 1024)
-        )
-        model = LlamaForTraining(config).to(device)
-        optimizer, _ = make_optimizer(model, device, args.adamw)
-
-        def evaluate(model=model, dtype=dtype) -> float:
-            model.eval()
-            with torch.no_grad(), devices.autocast(device, dtype):
-                xs = torch.stack([val[i : i + T + 1] for i in val_starts]).to(device)
-                loss = model(xs[:, :-1], xs[:, 1:])[1].item()
-            model.train()
-            return loss
-
-        losses, val_losses, step_times = [], {0: evaluate()}, []
-        for step in range(steps):
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
-            t0 = time.perf_counter()
-            xy = torch.stack([train[i : i + T + 1] for i in starts[step]]).to(device)
-            with devices.autocast(device, dtype):
-                loss = model(xy[:, :-1], xy[:, 1:])[1]
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step_times.append(time.perf_counter() - t0)
-            losses.append(round(loss.item(), 4))
-            if (step + 1) % 25 == 0 or step + 1 == steps:
-                val_losses[step + 1] = evaluate()
-        out["runs"][str(dtype).removeprefix("torch.")] = {
-            "train_loss": losses,
-            "val_loss": {k: round(v, 4) for k, v in val_losses.items()},
-            "step_s_median": round(median(step_times[5:] or step_times), 4),
-            "tokens_per_s": round(B * T / median(step_times[5:] or step_times), 1),
-        }
-        print(
-            json.dumps({name: out["runs"][str(dtype).removeprefix("torch.")]["val_loss"]}),
-            file=sys.stderr,
-            flush=True,
-        )
+        with tempfile.TemporaryDirectory() as tmp:
+            config = bench_config(
+                args, shape, REAL_VOCAB, Path(tmp), seed=args.seed, learning_rate=1e-3,
+                max_steps=args.loss_curves, num_epochs=10**6, warmup_steps=10, min_lr_ratio=0.1,
+                eval_max_batches=32,
+            )  # fmt: skip
+            trainer, _ = build_trainer(args, config, (train, val), device, dtype, compiled=False)
+            run = curve(trainer, args.loss_curves)
+        out["runs"][str(dtype).removeprefix("torch.")] = run
+        print(json.dumps({name: run["val_loss"]}), file=sys.stderr, flush=True)
     return out
+
+
+def curve(trainer: Any, steps: int) -> dict[str, Any]:
+    """`steps` Trainer steps: train losses, validation every 25 steps, the median step time."""
+    from owt.metrics import Metrics, StepLog
+
+    quiet = Metrics(Path("."), enabled=False)
+    log = StepLog(
+        quiet, total_steps=None, start_step=0, tokens_per_step=trainer.tokens_per_step,
+        interval=10**9, device=trainer.device, enabled=False,
+    )  # fmt: skip
+    losses, val_losses, step_times = [], {0: trainer.evaluate().loss}, []
+    for step, indices in zip(range(steps), trainer_steps(trainer), strict=False):
+        t0 = time.perf_counter()
+        loss = trainer.optimizer_step(indices, log, quiet)
+        devices.synchronize(trainer.device)
+        step_times.append(time.perf_counter() - t0)
+        losses.append(None if loss is None else round(loss.item(), 4))
+        if (step + 1) % 25 == 0 or step + 1 == steps:
+            val_losses[step + 1] = trainer.evaluate().loss
+    log.close()
+    typical = median(step_times[5:] or step_times)
+    return {
+        "train_loss": losses,
+        "val_loss": {k: round(v, 4) for k, v in val_losses.items()},
+        "step_s_median": round(typical, 4),
+        "tokens_per_s": round(trainer.tokens_per_step / typical, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

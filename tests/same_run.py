@@ -23,6 +23,7 @@ the start of training), where a lost micro-batch moves a step's logged mean loss
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,22 @@ def assert_same_tensors(ours: Any, theirs: Any, what: str = "weights") -> None:
     assert not differ, f"{what}: {len(differ)} of {len(a)} tensors differ, e.g. {differ[:3]}"
 
 
+# ---- files a run wrote -------------------------------------------------------------------------
+
+
 def read_checkpoint(path: Path) -> dict:
+    """A checkpoint as pretrain.py wrote it (tensors only: weights_only)."""
     return torch.load(path, weights_only=True)
+
+
+def final_weights(out: Path, epochs: int) -> dict[str, torch.Tensor]:
+    """The model weights of the checkpoint a run of `epochs` epochs ended with in `out`."""
+    return read_checkpoint(out / f"checkpoint_epoch_{epochs}.pt")["model"]
+
+
+def sha256(path: Path) -> str:
+    """The sha256 of a file's bytes, as the hub publishes it for LFS files."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---- TensorBoard curves --------------------------------------------------------------------

@@ -20,6 +20,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from tiny import TINY
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "train"
 INJECT = REPO / "tests" / "inject.py"
@@ -116,15 +118,8 @@ def wait_until(
 
 # ---- pretrain.py's arguments -------------------------------------------------------------------
 
-TINY_MODEL = {
-    "hidden_size": 32,
-    "num_layers": 2,
-    "num_heads": 2,
-    "max_length": 32,
-    "max_position_embeddings": 64,
-    "device": "cpu",
-}
-"""A model small enough to train in seconds on a CPU."""
+TINY_MODEL = {**TINY, "max_length": 32, "device": "cpu"}
+"""pretrain.py's flags for the tiny model (tiny.TINY), on the CPU."""
 
 TINY_RUN = {
     "batch_size": 4, "gradient_accumulation_steps": 2, "learning_rate": 2e-3,

@@ -17,6 +17,7 @@ from owt.optim import Optimizers, build_optimizer, set_learning_rates
 from owt.schedule import Budget, Schedule
 from owt.token_windows import TokenWindows
 from owt.tokenization import load_encoder
+from tiny import tiny_model
 
 
 @pytest.mark.parametrize(
@@ -77,14 +78,6 @@ def test_cosine_fits_the_step_budget_and_the_time_budget():
     assert timed.warmup_steps is None  # warm up over the first 5% of the time
     assert timed.factor(0, 25.0) == 0.5 and timed.factor(7, 50.0) == 1.0
     assert timed.factor(7, 525.0) == pytest.approx(0.55) and timed.factor(9, 1000) == 0.1
-
-
-def tiny_model() -> LlamaForTraining:
-    torch.manual_seed(0)
-    return LlamaForTraining(
-        ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2,
-                    max_position_embeddings=32)
-    )  # fmt: skip
 
 
 def test_muon_takes_the_block_matrices_and_adamw_the_rest():

@@ -142,15 +142,16 @@ def test_wsd_resumed_with_a_larger_budget_continues_as_that_budget_from_the_star
 # ---- the default path repeats and resumes bit for bit --------------------------------------
 
 
-def test_the_default_path_repeats_and_resumes_bit_for_bit_with_muon_and_wsd(
+def test_the_default_path_repeats_and_resumes_bit_for_bit_with_the_time_budget_recipe(
     tiny_dataset, gpt2_tokenizer_dir, tmp_path
 ):
     """pretrain.py's defaults (--dtype auto, --compile auto: bf16 and compiled on this CPU if
-    machine.py says so), 2 threads, with Muon and wsd: the same command twice gives the same
-    weights and optimizer state, and a run resumed from its epoch-1 checkpoint ends where the
-    uninterrupted one did. (AdamW + cosine on the default path: test_pretrain.py's resume, in a
-    fresh process, bit for bit.)"""
-    recipe = {"optimizer": "muon", "lr_schedule": "wsd"}
+    machine.py says so), 2 threads, with --recipe time_budget (Muon and wsd; SHORT's
+    --learning_rate overrides the recipe's, and config.json says so): the same command twice
+    gives the same weights and optimizer state, and a run resumed from its epoch-1 checkpoint
+    ends where the uninterrupted one did. (AdamW + cosine on the default path:
+    test_pretrain.py's resume, in a fresh process, bit for bit.)"""
+    recipe = {"recipe": "time_budget"}
 
     def train(out: Path, **flags) -> dict:
         args = pretrain_args(
@@ -162,6 +163,10 @@ def test_the_default_path_repeats_and_resumes_bit_for_bit_with_muon_and_wsd(
         assert (config["dtype"], config["compiled"]) == (
             machine.DEFAULT_CPU_DTYPE, machine.COMPILES_ON_CPU,
         )  # fmt: skip
+        assert config["recipe"]["name"] == "time_budget"
+        assert config["recipe"]["set"]["optimizer"] == config["args"]["optimizer"] == "muon"
+        assert config["recipe"]["overridden_by_flags"] == {"learning_rate": 3e-3}
+        assert config["args"]["learning_rate"] == SHORT["learning_rate"]
         return read_checkpoint(out / "checkpoint_epoch_2.pt")
 
     first = train(tmp_path / "first")
@@ -183,10 +188,14 @@ def test_dry_run_reports_speed_memory_and_budget_and_writes_no_run(
 ):
     out = tmp_path / "out"
     args = pretrain_args(
-        tiny_dataset, out, gpt2_tokenizer_dir, FP32_EAGER, SHORT, max_time="1h", dry_run=True
-    )
+        tiny_dataset, out, gpt2_tokenizer_dir, FP32_EAGER, SHORT, max_time="1h", dry_run=True,
+        recipe="time_budget",
+    )  # fmt: skip
     result = run_script("pretrain.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
+    # --recipe shows what it set, and which of its settings the command line overrode.
+    assert "recipe time_budget (recipes/time_budget.toml) sets --optimizer muon" in result.stderr
+    assert "your flags override its --learning_rate" in result.stderr
     report = result.stdout
     # 1 h holds far more steps than the 1 epoch asked for: the epochs end it.
     assert "tokens/s" in report and "(until epochs)" in report

@@ -7,7 +7,6 @@ corrupt bytes, Ctrl-C, a private repo, a full disk.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -33,6 +32,7 @@ from hub_stub import (  # noqa: F401
 from owt.dataset_layout import DatasetNotFoundError, find_dataset
 from owt.folder_lock import LOCK_FILE, WriterLock
 from owt.layout_builder import BYTES_PER_TOKEN, choose_documents, read_info
+from same_run import sha256
 from scripts import (
     FP32_EAGER,
     one_line_error,
@@ -48,10 +48,6 @@ FAST = ["--backoff_seconds", "0.01"]
 # The real repo's layout: the card's config plain_text names plain_text/train-*.
 SHARD_PATHS = [f"plain_text/train-{i:05d}-of-00003.parquet" for i in range(3)]
 SHARD_NAMES = [path.rsplit("/", 1)[1] for path in SHARD_PATHS]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def served(hub: HubStub, revision: str = "main") -> dict[str, bytes]:
@@ -307,19 +303,31 @@ def write_shards(data_dir: Path, documents: list[str], count: int = 2) -> list[s
     return unique
 
 
+def prepare_subset(data: Path, *args: object) -> subprocess.CompletedProcess:
+    """prepare_subset.py --data_dir `data` `args`, offline."""
+    return run_script("prepare_subset.py", "--data_dir", data, *args, env=script_env())
+
+
+def prepare_fresh(
+    tmp_path: Path, documents: list[str], *args: object
+) -> tuple[Path, list[str], subprocess.CompletedProcess]:
+    """Shards of `documents` in tmp_path/data, prepared by prepare_subset.py `args` (checked to
+    succeed): (the data folder, the documents in the shards, the run)."""
+    data = tmp_path / "data"
+    all_docs = write_shards(data, documents)
+    result = prepare_subset(data, *args)
+    assert result.returncode == 0, result.stderr
+    return data, all_docs, result
+
+
 def splits(data_dir: Path) -> tuple[list[str], list[str]]:
     files = find_dataset(data_dir)
     return texts(files["train"]), texts(files["validation"])
 
 
 def test_prepare_subset_is_seeded_disjoint_idempotent_and_guarded(tmp_path, documents):
-    data = tmp_path / "data"
-    all_docs = write_shards(data, documents)
     settings = ["--target_tokens", 20_000, "--validation_documents", 15]
-
-    first = run_script("prepare_subset.py", "--data_dir", data, *settings, env=script_env())
-
-    assert first.returncode == 0, first.stderr
+    data, all_docs, first = prepare_fresh(tmp_path, documents, *settings)
     train, validation = splits(data)
     assert len(validation) == 15 and not set(train) & set(validation)
     estimate = sum(len(t.encode()) for t in train) / BYTES_PER_TOKEN
@@ -332,27 +340,20 @@ def test_prepare_subset_is_seeded_disjoint_idempotent_and_guarded(tmp_path, docu
     )
 
     stamps = {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()}
-    again = run_script("prepare_subset.py", "--data_dir", data, *settings, env=script_env())
+    again = prepare_subset(data, *settings)
     assert again.returncode == 0 and "nothing to do" in again.stdout
     assert {p: p.stat().st_mtime_ns for p in data.rglob("*") if p.is_file()} == stamps
 
     elsewhere = tmp_path / "copy"
     write_shards(elsewhere, documents)
-    assert (
-        run_script(
-            "prepare_subset.py", "--data_dir", elsewhere, *settings, env=script_env()
-        ).returncode
-        == 0
-    )
+    assert prepare_subset(elsewhere, *settings).returncode == 0
     assert splits(elsewhere) == (train, validation)  # same shards and seed, same dataset
 
     other = [*settings, "--seed", 7]
-    refused = run_script("prepare_subset.py", "--data_dir", data, *other, env=script_env())
+    refused = prepare_subset(data, *other)
     assert refused.returncode == 2 and "--overwrite" in one_line_error(refused)
     assert splits(data) == (train, validation)
-    replaced = run_script(
-        "prepare_subset.py", "--data_dir", data, *other, "--overwrite", env=script_env()
-    )
+    replaced = prepare_subset(data, *other, "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     new_train, new_validation = splits(data)
     assert new_train != train and not set(new_train) & set(new_validation)
@@ -360,11 +361,9 @@ def test_prepare_subset_is_seeded_disjoint_idempotent_and_guarded(tmp_path, docu
 
 
 def test_prepare_subset_all_documents_with_a_validation_ratio(tmp_path, documents):
-    data = tmp_path / "data"
-    all_docs = write_shards(data, documents)
-    args = ["--num_documents", 0, "--validation_ratio", 0.1]
-    result = run_script("prepare_subset.py", "--data_dir", data, *args, env=script_env())
-    assert result.returncode == 0, result.stderr
+    data, all_docs, _ = prepare_fresh(
+        tmp_path, documents, "--num_documents", 0, "--validation_ratio", 0.1
+    )
     train, validation = splits(data)
     assert Counter(train + validation) == Counter(all_docs)
     assert len(validation) == round(len(all_docs) * 0.1 / 1.1)
@@ -394,7 +393,7 @@ def test_prepare_subset_input_errors_are_one_clear_line(tmp_path, content, messa
         pq.write_table(content, shard)
     elif content is not None:
         shard.write_bytes(content)
-    result = run_script("prepare_subset.py", "--data_dir", tmp_path / "data", env=script_env())
+    result = prepare_subset(tmp_path / "data")
     assert result.returncode == 2
     assert message in one_line_error(result)
     assert not (tmp_path / "data" / "train").exists()

@@ -19,6 +19,7 @@ from same_run import (
     assert_close_values,
     assert_same_tensors,
     assert_same_update,
+    final_weights,
     initial_weights,
     read_checkpoint,
     scalars,
@@ -72,8 +73,19 @@ def resume_copy(
     return resumed, pretrain(data, tokenizer, resumed, ranks, "--resume", "auto", *extra)
 
 
-def final_weights(out: Path) -> dict[str, torch.Tensor]:
-    return torch.load(out / "checkpoint_epoch_1.pt", weights_only=True)["model"]
+def assert_resumes_to(
+    resumed: tuple[Path, subprocess.CompletedProcess], reference: Path, start: dict, exact: bool
+) -> None:
+    """A resume_copy run went on from step SAVE_AT and ended where `reference` ended: bit for
+    bit (weights and curves) if `exact`, else up to the rounding of a different split."""
+    out, result = resumed
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"at step {SAVE_AT}" in result.stderr
+    if exact:
+        assert_same_tensors(final_weights(out, 1), final_weights(reference, 1))
+    else:
+        assert_same_update(final_weights(out, 1), final_weights(reference, 1), start)
+    assert_same_curves(out, reference, after=SAVE_AT, exact=exact)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +120,7 @@ def test_ddp_two_ranks_match_one_rank_with_the_same_global_batch(
     config = json.loads((tmp_path / "two" / "config.json").read_text())
     assert config["world_size"] == 2 and config["tokens_per_optimizer_step"] == 8 * 32
     assert_one_set_of_outputs(tmp_path / "two", one_rank, two.stderr)
-    assert_same_update(final_weights(tmp_path / "two"), final_weights(one_rank), start)
+    assert_same_update(final_weights(tmp_path / "two", 1), final_weights(one_rank, 1), start)
     assert_same_curves(tmp_path / "two", one_rank)
 
 
@@ -123,12 +135,10 @@ def test_muon_over_two_ranks_matches_one_accumulating_rank_and_resumes_bitwise(
     for name, ranks in [("accumulated", 1), ("two", 2)]:
         result = pretrain(data, gpt2_tokenizer_dir, tmp_path / name, ranks, *muon)
         assert result.returncode == 0, result.stderr[-3000:]
-    two = final_weights(tmp_path / "two")
-    assert_same_update(two, final_weights(tmp_path / "accumulated"), start, rel=REL_MUON)
-    resumed, result = resume_copy(tmp_path / "two", tmp_path, data, gpt2_tokenizer_dir, 2, *muon)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_tensors(final_weights(resumed), two)
-    assert_same_curves(resumed, tmp_path / "two", after=SAVE_AT, exact=True)
+    two = final_weights(tmp_path / "two", 1)
+    assert_same_update(two, final_weights(tmp_path / "accumulated", 1), start, rel=REL_MUON)
+    resumed = resume_copy(tmp_path / "two", tmp_path, data, gpt2_tokenizer_dir, 2, *muon)
+    assert_resumes_to(resumed, tmp_path / "two", start, exact=True)
 
 
 # DDP with 2 micro-batches of 2 per rank: the same global batch of 8, through no_sync; twice
@@ -152,7 +162,7 @@ def test_compiled_two_ranks_match_one_eager_rank(
     config = json.loads((out / "config.json").read_text())
     assert config["compiled"] and config["tokens_per_optimizer_step"] == 8 * 32
     assert_one_set_of_outputs(out, one_rank, result.stderr)
-    assert_same_update(final_weights(out), final_weights(one_rank), start)
+    assert_same_update(final_weights(out, 1), final_weights(one_rank, 1), start)
     assert_same_curves(out, one_rank)
 
 
@@ -163,7 +173,7 @@ def test_fsdp_two_ranks_match_one_rank_with_the_same_global_batch(fsdp, one_rank
     assert config["world_size"] == 2 and config["args"]["fsdp"]
     assert config["num_parameters"] == reference["num_parameters"]  # counted unsharded
     assert_one_set_of_outputs(out, one_rank, result.stderr)
-    assert_same_update(final_weights(out), final_weights(one_rank), start)
+    assert_same_update(final_weights(out, 1), final_weights(one_rank, 1), start)
     assert_same_curves(out, one_rank)
     # Gradient clipping acted on the full norm (steps above max_norm 1.0 are clipped alike).
     norms = [v for _, v in scalars(out / "tensorboard", "train/grad_norm")]
@@ -180,8 +190,8 @@ def test_fsdp_two_ranks_match_one_rank_with_the_same_global_batch(fsdp, one_rank
 
 def test_fsdp_checkpoint_has_the_single_process_format(fsdp, one_rank, start):
     out, _ = fsdp
-    ours = torch.load(out / "checkpoint_last.pt", weights_only=True)
-    theirs = torch.load(one_rank / "checkpoint_last.pt", weights_only=True)
+    ours = read_checkpoint(out / "checkpoint_last.pt")
+    theirs = read_checkpoint(one_rank / "checkpoint_last.pt")
     assert ours.keys() == theirs.keys() and ours["signature"] == theirs["signature"]
     assert ours["step"] == theirs["step"] == SAVE_AT
     model = ours["model"]
@@ -205,33 +215,24 @@ def test_fsdp_checkpoint_loads_and_resumes_in_one_process(
     out, _ = fsdp
     model, state = model_from_checkpoint(out / "checkpoint_epoch_1.pt")
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    assert_same_update(model.state_dict(), final_weights(one_rank), start)
+    assert_same_update(model.state_dict(), final_weights(one_rank, 1), start)
     assert torch.isfinite(model(torch.tensor([[1, 2, 3]]))[0]).all()
 
-    resumed, result = resume_copy(out, tmp_path, data, gpt2_tokenizer_dir, 1)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {SAVE_AT}" in result.stderr
-    assert_same_update(final_weights(resumed), final_weights(one_rank), start)
-    assert_same_curves(resumed, one_rank, after=SAVE_AT)
+    resumed = resume_copy(out, tmp_path, data, gpt2_tokenizer_dir, 1)
+    assert_resumes_to(resumed, one_rank, start, exact=False)
 
 
 def test_fsdp_resume_with_the_same_world_size_is_exact(fsdp, data, gpt2_tokenizer_dir, tmp_path):
     out, _ = fsdp
-    resumed, result = resume_copy(out, tmp_path, data, gpt2_tokenizer_dir, 2, "--fsdp")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {SAVE_AT}" in result.stderr
-    assert_same_tensors(final_weights(resumed), final_weights(out))
-    assert_same_curves(resumed, out, after=SAVE_AT, exact=True)
+    resumed = resume_copy(out, tmp_path, data, gpt2_tokenizer_dir, 2, "--fsdp")
+    assert_resumes_to(resumed, out, {}, exact=True)
 
 
 def test_one_process_checkpoint_resumes_under_fsdp(
     one_rank, start, data, gpt2_tokenizer_dir, tmp_path
 ):
-    resumed, result = resume_copy(one_rank, tmp_path, data, gpt2_tokenizer_dir, 2, "--fsdp")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"at step {SAVE_AT}" in result.stderr
-    assert_same_update(final_weights(resumed), final_weights(one_rank), start)
-    assert_same_curves(resumed, one_rank, after=SAVE_AT)
+    resumed = resume_copy(one_rank, tmp_path, data, gpt2_tokenizer_dir, 2, "--fsdp")
+    assert_resumes_to(resumed, one_rank, start, exact=False)
 
 
 def test_resume_with_another_global_batch_names_the_fix(fsdp, data, gpt2_tokenizer_dir, tmp_path):

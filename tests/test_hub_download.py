@@ -1,4 +1,5 @@
-"""hub_download.py, in-process, against the local hub stand-in (tests/hub_stub.py).
+"""The hub download code (owt/hub_*.py), in-process, against the local hub stand-in
+(tests/hub_stub.py).
 
 The endpoint is passed explicitly: in this process huggingface_hub may already have read
 HF_ENDPOINT, and nothing here may reach the real hub.
@@ -26,20 +27,14 @@ from hub_stub import (  # noqa: F401
     openwebtext_history_repo,
     openwebtext_repo,
 )
-from owt import hub_download
-from owt.hub_download import (
-    DownloadManifest,
-    HubDownloadError,
-    RetryPolicy,
-    download_file,
-    list_snapshot,
-)
+from owt import download_manifest
+from owt.download_manifest import DownloadManifest
+from owt.hub_listing import list_snapshot
+from owt.hub_retry import HubDownloadError, RetryPolicy, server_wait_seconds
+from owt.hub_transfer import download_file
+from same_run import sha256
 
 FAST = RetryPolicy(max_retries=3, backoff_seconds=0.0)
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_stub_answers_the_real_client_like_the_hub(hub, documents):
@@ -312,7 +307,7 @@ def test_manifest_trusts_size_and_mtime_and_rehashes_a_changed_file(hub, tmp_pat
     assert manifest.entry(remote.path)["sha256"] == remote.sha256
 
     with monkeypatch.context() as patch:
-        patch.setattr(hub_download, "file_checksum", lambda *a: pytest.fail("re-hashed"))
+        patch.setattr(download_manifest, "file_checksum", lambda *a: pytest.fail("re-hashed"))
         assert DownloadManifest(manifest.path).is_verified(remote, local)
 
     data = bytearray(local.read_bytes())
@@ -333,19 +328,19 @@ def test_private_repo_token_goes_to_the_hub_but_not_the_cdn(tmp_path, documents,
 
 
 def test_rate_limit_wait_follows_the_hub_and_is_capped():
-    import httpx2
+    from huggingface_hub.utils import httpx
 
     def answer(status: int, **headers: str) -> HfHubHTTPError:
-        request = httpx2.Request("GET", "http://127.0.0.1/api")
+        request = httpx.Request("GET", "http://127.0.0.1/api")
         return HfHubHTTPError(
-            "x", response=httpx2.Response(status, headers=headers, request=request)
+            "x", response=httpx.Response(status, headers=headers, request=request)
         )
 
     # The hub sends RateLimit on every answer: only r=0 says why a 429 came.
-    assert hub_download.server_wait_seconds(answer(429, RateLimit='"api";r=0;t=7')) == 7
-    assert hub_download.server_wait_seconds(answer(429, RateLimit='"api";r=3;t=7')) is None
-    assert hub_download.server_wait_seconds(answer(429, **{"Retry-After": "2"})) == 2
-    assert hub_download.server_wait_seconds(answer(500, **{"Retry-After": "2"})) is None
+    assert server_wait_seconds(answer(429, RateLimit='"api";r=0;t=7')) == 7
+    assert server_wait_seconds(answer(429, RateLimit='"api";r=3;t=7')) is None
+    assert server_wait_seconds(answer(429, **{"Retry-After": "2"})) == 2
+    assert server_wait_seconds(answer(500, **{"Retry-After": "2"})) is None
     policy = RetryPolicy(backoff_seconds=0.0, max_rate_limit_seconds=60)
     assert policy.wait_seconds(1, answer(429, RateLimit='"api";r=0;t=3000')) == 60
     assert policy.wait_seconds(1, answer(429)) == 0.0  # no hint: the usual backoff

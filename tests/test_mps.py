@@ -23,9 +23,10 @@ from owt.memory import mps_attention, training_step_peak_bytes
 from owt.sampling import pick_token, sample_text
 from owt.token_windows import TokenWindows
 from owt.trainer import Trainer
+from tiny import TINY, tiny_model
 
 INVENTORY = Path(__file__).with_name("mps_ops.txt")
-TINY = {"vocab_size": 128, "hidden_size": 32, "num_layers": 2, "num_heads": 2}
+VOCAB = 128  # the byte tokenizer below: ASCII
 
 
 class OpRecorder(TorchDispatchMode):
@@ -59,10 +60,10 @@ class ByteTokenizer:
 
 def tiny_trainer(tmp_path: Path, **overrides: object) -> Trainer:
     torch.manual_seed(0)
-    tokens = np.random.default_rng(0).integers(1, TINY["vocab_size"], 4000).astype(np.uint16)
+    tokens = np.random.default_rng(0).integers(1, VOCAB, 4000).astype(np.uint16)
     config = TrainConfig(
         output_dir=str(tmp_path), batch_size=2, gradient_accumulation_steps=2, max_length=16,
-        max_position_embeddings=64, eval_max_batches=2, **{**TINY, **overrides},
+        eval_max_batches=2, **{**TINY, "vocab_size": VOCAB, **overrides},
     )  # fmt: skip
     model = LlamaForTraining(config.model_config())
     windows = TokenWindows(tokens, config.max_length)
@@ -214,8 +215,8 @@ def test_mps_kv_cache_decoding_is_unchanged_by_contiguous_copies():
     from model import KVCache
 
     torch.manual_seed(0)
-    model = LlamaForTraining(ModelConfig(**TINY, max_position_embeddings=32)).eval()
-    ids = torch.randint(0, TINY["vocab_size"], (1, 12))
+    model = tiny_model(vocab_size=VOCAB).eval()
+    ids = torch.randint(0, VOCAB, (1, 12))
     with torch.no_grad():
         full, _ = model(ids)
         cache = KVCache(model.config, 1, 12)

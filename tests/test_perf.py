@@ -18,9 +18,10 @@ import measure
 from model import LlamaForTraining, ModelConfig
 from owt import devices
 from same_run import assert_same_update
+from tiny import tiny_config, tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"hidden_size": 64, "num_layers": 2, "num_heads": 2, "max_position_embeddings": 64}
+VOCAB = 300  # not a multiple of 64: --pad_vocab 64 pads it (to 320)
 
 
 def load_bench():
@@ -37,12 +38,7 @@ def bench():
     return load_bench()
 
 
-def tiny_model(seed: int = 0, **overrides) -> LlamaForTraining:
-    torch.manual_seed(seed)
-    return LlamaForTraining(ModelConfig(**{**TINY, "vocab_size": 300, **overrides}))
-
-
-def batch(vocab: int = 300, B: int = 2, T: int = 16, seed: int = 1):
+def batch(vocab: int = VOCAB, B: int = 2, T: int = 16, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
     xy = torch.randint(0, vocab, (B, T + 1), generator=g)
     return xy[:, :-1], xy[:, 1:]
@@ -133,7 +129,7 @@ def test_tune_cpu_allocator_is_a_safe_no_op_elsewhere(monkeypatch):
 
 
 def test_model_flops_per_token_is_6n_plus_attention():
-    config = ModelConfig(**{**TINY, "vocab_size": 300})
+    config = tiny_config(vocab_size=VOCAB)
     model = LlamaForTraining(config)
     T = 32
     L, H, Q = config.num_layers, config.num_heads, config.head_dim
@@ -158,7 +154,7 @@ def test_model_flops_match_a_flop_counter(monkeypatch):
 
     monkeypatch.setattr(cpu_attention, "suits", lambda q: False)
 
-    config = ModelConfig(**{**TINY, "vocab_size": 300})
+    config = tiny_config(vocab_size=VOCAB)
     model = LlamaForTraining(config)
     x, y = batch(T=32)
     with FlopCounterMode(display=False) as counter:
@@ -251,7 +247,7 @@ def test_peak_memory_on_cpu():
 def test_padded_vocab_gives_the_same_loss_and_training(bench, pad_mode):
     """Pad 300 -> 320 rows: loss, grads of real rows and 3 AdamW steps match the unpadded model;
     padded rows get exactly zero gradient, so they never influence anything."""
-    ref = tiny_model()
+    ref = tiny_model(vocab_size=VOCAB)
     padded = tiny_model(vocab_size=320)
     with torch.no_grad():
         for p, q in zip(ref.parameters(), padded.parameters(), strict=True):
@@ -277,7 +273,7 @@ def test_padded_vocab_gives_the_same_loss_and_training(bench, pad_mode):
 def test_model_gradient_checkpointing_switch_gives_identical_training():
     """model.gradient_checkpointing = True changes memory, not
     numbers: same loss and gradients, and eval / no-grad forwards are unaffected."""
-    a, b = tiny_model(), tiny_model()
+    a, b = tiny_model(vocab_size=VOCAB), tiny_model(vocab_size=VOCAB)
     b.gradient_checkpointing = True
     x, y = batch()
     loss_a, loss_b = a(x, y)[1], b(x, y)[1]
@@ -291,14 +287,14 @@ def test_model_gradient_checkpointing_switch_gives_identical_training():
 
 
 def test_fused_qkv_gives_the_same_loss(bench):
-    a, b = tiny_model(), tiny_model()
+    a, b = tiny_model(vocab_size=VOCAB), tiny_model(vocab_size=VOCAB)
     bench.fuse_qkv(b)
     x, y = batch()
     torch.testing.assert_close(b(x, y)[1], a(x, y)[1], rtol=1e-6, atol=1e-6)
 
 
 def test_fused_adamw_on_cpu_matches_foreach():
-    a, b = tiny_model(), tiny_model()
+    a, b = tiny_model(vocab_size=VOCAB), tiny_model(vocab_size=VOCAB)
     start = {k: v.clone() for k, v in a.state_dict().items()}
     opt_a = torch.optim.AdamW(a.parameters(), lr=1e-2, foreach=True)
     opt_b = torch.optim.AdamW(b.parameters(), lr=1e-2, fused=True)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from model import LlamaForTraining, ModelConfig
+from model import LlamaForTraining
 from owt.checkpointing import load_checkpoint, run_signature, signature_differences
 from owt.cli import UsageError
 from owt.config import TrainConfig, build_parser
@@ -20,11 +20,7 @@ from owt.optim import param_groups
 from owt.schedule import Budget, Schedule, cosine_lr, warmup_steps_for
 from owt.token_windows import EpochSampler, TokenWindows
 from owt.trainer import Trainer, TrainingFailed
-
-TINY = ModelConfig(
-    vocab_size=64, hidden_size=32, num_layers=2, num_heads=2, max_position_embeddings=32
-)
-
+from tiny import tiny_config, tiny_model
 
 # ---- epoch sampler -----------------------------------------------------------------------------
 
@@ -93,9 +89,9 @@ def test_a_time_budget_warms_up_over_its_first_5_percent():
 
 
 def test_resume_signature_names_each_difference():
-    saved = run_signature(TINY, "data-a", 32, 1337, 8)
-    assert signature_differences(saved, run_signature(TINY, "data-a", 32, 1337, 8)) == []
-    other = run_signature(replace(TINY, hidden_size=64), "data-b", 32, 1337, 16)
+    saved = run_signature(tiny_config(), "data-a", 32, 1337, 8)
+    assert signature_differences(saved, run_signature(tiny_config(), "data-a", 32, 1337, 8)) == []
+    other = run_signature(tiny_config(hidden_size=64), "data-b", 32, 1337, 16)
     assert signature_differences(saved, other) == [
         "dataset_fingerprint: 'data-a' -> 'data-b'",
         "model_config.hidden_size: 32 -> 64",
@@ -107,7 +103,7 @@ def test_resume_signature_names_each_difference():
 
 
 def test_weight_decay_applies_to_matrices_only():
-    model = LlamaForTraining(TINY)
+    model = tiny_model()
     decay, no_decay = param_groups(model, 0.1)
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {id(p): n for n, p in model.named_parameters()}

@@ -149,6 +149,21 @@ def validation_count(requested: int | None, shard: Path) -> int:
     return max(1, min(DEFAULT_VALIDATION_DOCUMENTS, open_shard(shard).metadata.num_rows // 2))
 
 
+def _dataset_key(snapshot: RepoSnapshot, args: argparse.Namespace) -> str:
+    """What makes this dataset what it is: source commit, shards, the hold-out and its seed."""
+    return fingerprint(
+        {
+            "recipe": "full",
+            "repo_id": snapshot.repo_id,
+            "commit": snapshot.commit,
+            "shards": [(f.path, f.checksum) for f in snapshot.files],
+            "heldout": snapshot.files[-1].path,
+            "validation_documents": args.validation_documents,
+            "seed": args.seed,
+        }
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -165,17 +180,7 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.repo_id}@{args.revision} has a single shard: use download_subset.py and "
             "prepare_subset.py, which hold out validation documents from it."
         )
-    key = fingerprint(
-        {
-            "recipe": "full",
-            "repo_id": snapshot.repo_id,
-            "commit": snapshot.commit,
-            "shards": [(f.path, f.checksum) for f in shards],
-            "heldout": heldout.path,
-            "validation_documents": args.validation_documents,
-            "seed": args.seed,
-        }
-    )
+    key = _dataset_key(snapshot, args)
     if check_existing(output_dir, key, overwrite=args.overwrite):
         print(f"{output_dir} already holds this dataset (same commit and settings); nothing to do.")
         print(f"Next: uv run train/pretrain.py --data_dir {output_dir}")

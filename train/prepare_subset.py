@@ -25,13 +25,15 @@ import hashlib
 from pathlib import Path
 
 from owt.cli import ArgumentParser, run_main
+from owt.disk_space import format_bytes
+from owt.download_manifest import MANIFEST_FILE, DownloadManifest
 from owt.folder_lock import hold_folder
-from owt.hub_download import MANIFEST_FILE, DownloadManifest, format_bytes
 from owt.layout_builder import (
     BYTES_PER_TOKEN,
     SHARDS_DIR,
     VALIDATION_FILE,
     LayoutError,
+    Selection,
     check_existing,
     choose_documents,
     document_bytes,
@@ -125,6 +127,25 @@ def _provenance(data_dir: Path, shards: list[Path], hashes: dict[Path, str]) -> 
     return fields
 
 
+def _describe_selection(
+    args: argparse.Namespace, selection: Selection, documents: int, train_bytes: int
+) -> str:
+    """dataset_info.txt's `selection` line: the rule, the seed and what it chose."""
+    if args.num_documents is None:
+        rule = f"seeded sample worth ~{args.target_tokens:,} GPT-2 tokens"
+    elif args.num_documents == 0:
+        rule = "every document not held out"
+    else:
+        rule = f"seeded sample of {args.num_documents:,} documents"
+    return (
+        f"seed {args.seed}; train = {rule} "
+        f"({len(selection.train):,} of {documents:,} documents, "
+        f"{format_bytes(train_bytes)} of text, ~{train_bytes / BYTES_PER_TOKEN:,.0f} "
+        f"tokens at {BYTES_PER_TOKEN} bytes/token); validation = "
+        f"{len(selection.validation):,} held-out documents"
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data_dir = Path(args.data_dir)
@@ -168,25 +189,12 @@ def main(argv: list[str] | None = None) -> None:
     write_rows(shards, selection.validation, build / "validation" / VALIDATION_FILE)
 
     train_bytes = int(doc_bytes[selection.train].sum())
-    if args.num_documents is None:
-        rule = f"seeded sample worth ~{args.target_tokens:,} GPT-2 tokens"
-    elif args.num_documents == 0:
-        rule = "every document not held out"
-    else:
-        rule = f"seeded sample of {args.num_documents:,} documents"
     publish(
         data_dir,
         [
             *_provenance(data_dir, shards, hashes),
             ("built_by", "prepare_subset.py"),
-            (
-                "selection",
-                f"seed {args.seed}; train = {rule} "
-                f"({len(selection.train):,} of {len(doc_bytes):,} documents, "
-                f"{format_bytes(train_bytes)} of text, ~{train_bytes / BYTES_PER_TOKEN:,.0f} "
-                f"tokens at {BYTES_PER_TOKEN} bytes/token); validation = "
-                f"{len(selection.validation):,} held-out documents",
-            ),
+            ("selection", _describe_selection(args, selection, len(doc_bytes), train_bytes)),
         ],
         key,
     )

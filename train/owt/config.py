@@ -87,6 +87,12 @@ class TrainConfig:
     num_heads: int = flag(12, "attention heads (hidden_size / num_heads must be even)", MODEL)
     max_position_embeddings: int = flag(1024, "longest sequence the model supports", MODEL)
 
+    recipe: str | None = flag(
+        None,
+        "a named preset of these flags, recipes/NAME.toml (e.g. time_budget); flags given "
+        "explicitly win",
+        TRAINING,
+    )
     batch_size: int = flag(4, "sequences per micro-batch", TRAINING)
     max_length: int = flag(512, "tokens per sequence", TRAINING)
     gradient_accumulation_steps: int = flag(8, "micro-batches per optimizer step", TRAINING)
@@ -192,6 +198,13 @@ class TrainConfig:
     def validate(self, world_size: int = 1) -> TrainConfig:
         """Raise UsageError naming the fix for the first setting that cannot work with
         `world_size` processes (see `torchrun_world_size`)."""
+        self._check_ranges()
+        self._check_model_shape()
+        self._check_combinations(world_size)
+        return self
+
+    def _check_ranges(self) -> None:
+        """Each number within its range, on its own."""
         positive = [
             "batch_size", "max_length", "gradient_accumulation_steps", "num_epochs",
             "vocab_size", "hidden_size", "num_layers", "num_heads", "max_position_embeddings",
@@ -215,13 +228,11 @@ class TrainConfig:
             )
         if not 0 < self.cooldown_fraction <= 1:
             raise UsageError(f"--cooldown_fraction must be in (0, 1], got {self.cooldown_fraction}")
-        if self.optimizer == "muon" and self.fsdp:
-            raise UsageError(
-                "--optimizer muon needs whole weight matrices, which --fsdp shards: drop --fsdp "
-                "(DDP replicates them) or use --optimizer adamw"
-            )
         if not 0 <= self.min_lr_ratio <= 1:
             raise UsageError(f"--min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def _check_model_shape(self) -> None:
+        """Attention heads that divide the width, into an even head size (RoPE rotates pairs)."""
         if self.hidden_size % self.num_heads:
             raise UsageError(
                 f"--hidden_size {self.hidden_size} is not divisible by --num_heads {self.num_heads}"
@@ -230,6 +241,14 @@ class TrainConfig:
             raise UsageError(
                 f"head size {self.hidden_size // self.num_heads} (hidden_size / num_heads) must "
                 "be even for rotary embeddings"
+            )
+
+    def _check_combinations(self, world_size: int) -> None:
+        """Settings that cannot work together, or with `world_size` processes."""
+        if self.optimizer == "muon" and self.fsdp:
+            raise UsageError(
+                "--optimizer muon needs whole weight matrices, which --fsdp shards: drop --fsdp "
+                "(DDP replicates them) or use --optimizer adamw"
             )
         if self.fsdp and world_size == 1:
             raise UsageError(
@@ -250,7 +269,6 @@ class TrainConfig:
                 f"{self.max_position_embeddings}: lower max_length or raise "
                 "max_position_embeddings"
             )
-        return self
 
 
 def torchrun_world_size() -> int:

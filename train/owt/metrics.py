@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from owt.devices import synchronize
 
 
 class Metrics:
@@ -37,6 +42,33 @@ class Metrics:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class PhaseTimes:
+    """Where a training step's time goes, for benchmarks/bench_train.py: seconds per phase of
+    Trainer's micro-batch loop ("data", "fwd_bwd"), summed over the step's micro-batches.
+
+    Each phase synchronizes the device at both ends so kernels launched asynchronously are
+    charged to the phase that launched them; the step loses the overlap between phases. That is
+    the benchmark's price only: in training `Trainer.phases` is None and nothing is timed.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        synchronize(self.device)
+        self.seconds[name] += time.perf_counter() - start
+
+    def take(self) -> dict[str, float]:
+        """The seconds counted since the last take, by phase; the counts start again at 0."""
+        taken, self.seconds = dict(self.seconds), defaultdict(float)
+        return taken
 
 
 class StepLog:

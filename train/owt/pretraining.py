@@ -150,11 +150,19 @@ def resume_command() -> str:
     return shlex.join(["uv", "run", "train/pretrain.py", *kept, "--resume", "auto"])
 
 
-def run_record(config: TrainConfig, runtime: Runtime, trainer: Trainer, cache: TokenCache) -> dict:
-    """config.json: the settings and what they resolved to ("result" is added at the end)."""
+def run_record(
+    config: TrainConfig,
+    runtime: Runtime,
+    trainer: Trainer,
+    cache: TokenCache,
+    recipe: dict[str, Any] | None = None,
+) -> dict:
+    """config.json: the settings and what they resolved to ("result" is added at the end);
+    `recipe` is recipes.parse_with_recipe's record of the --recipe used, if any."""
     model = trainer.model
     return {
         "args": config.to_dict(),
+        "recipe": recipe,
         "model_config": model.config.to_dict(),
         "num_parameters": model.num_parameters(),
         "device": str(runtime.device),
@@ -232,7 +240,11 @@ def build_trainer(
 
 
 def train(
-    config: TrainConfig, files: dict[str, list[Path]], resume_from: Path | None, runtime: Runtime
+    config: TrainConfig,
+    files: dict[str, list[Path]],
+    resume_from: Path | None,
+    runtime: Runtime,
+    recipe: dict[str, Any] | None = None,
 ) -> int:
     """Everything after the runtime is up: returns the loop's exit code."""
     world = runtime.world
@@ -247,7 +259,7 @@ def train(
         if world.is_main:
             print("\n".join(dry_run(trainer)))
         return 0
-    record = run_record(config, runtime, trainer, cache)
+    record = run_record(config, runtime, trainer, cache, recipe)
     if world.is_main:
         (output_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
         print(
@@ -264,11 +276,17 @@ def train(
     return code
 
 
-def run(config: TrainConfig, files: dict[str, list[Path]], resume_from: Path | None) -> int:
-    """Train as `config` says; an out-of-memory error becomes advice on what to change."""
+def run(
+    config: TrainConfig,
+    files: dict[str, list[Path]],
+    resume_from: Path | None,
+    recipe: dict[str, Any] | None = None,
+) -> int:
+    """Train as `config` says (`recipe`: what --recipe set, for config.json); an out-of-memory
+    error becomes advice on what to change."""
     runtime = start_runtime(config)
     try:
-        return train(config, files, resume_from, runtime)
+        return train(config, files, resume_from, runtime, recipe)
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise

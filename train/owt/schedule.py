@@ -19,6 +19,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from owt.config import TrainConfig
 
 MAX_AUTO_WARMUP = 2000
 AUTO_WARMUP_FRACTION = 0.05
@@ -127,3 +131,19 @@ def cosine_lr(
     at `total_steps` (and flat after it): the step-budget cosine of `Schedule`."""
     budget = Budget(total_steps, "epochs")
     return peak * Schedule("cosine", budget, warmup_steps, min_lr_ratio).factor(step)
+
+
+def plan(
+    config: TrainConfig, steps_per_epoch: int, tokens_per_step: int
+) -> tuple[Budget, Schedule]:
+    """The step budget the flags set (epochs, steps, tokens, time) and the learning-rate
+    schedule fitted to it."""
+    budget = Budget.of(
+        steps_per_epoch * config.num_epochs, config.max_steps, config.max_tokens,
+        tokens_per_step, config.max_time,
+    )  # fmt: skip
+    schedule = Schedule.of(
+        config.lr_schedule, budget, config.warmup_steps, config.min_lr_ratio,
+        config.cooldown_fraction,
+    )  # fmt: skip
+    return budget, schedule

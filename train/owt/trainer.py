@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,6 @@ import torch
 from owt import distributed, hellaswag
 from owt.checkpointing import (
     Progress,
-    abandon_saves,
     check_resumable,
     global_batch_hint,
     restore_training_state,
@@ -37,7 +34,7 @@ from owt.config import TrainConfig
 from owt.devices import autocast, empty_cache, is_out_of_memory, to_device
 from owt.distributed import World
 from owt.evaluation import Evaluation, Evaluator
-from owt.metrics import Metrics, StepLog, log_line
+from owt.metrics import Metrics, PhaseTimes, StepLog, log_line
 from owt.optim import build_optimizer, set_learning_rates
 from owt.outputs import (
     BEST_MODEL,
@@ -47,7 +44,8 @@ from owt.outputs import (
     newest_checkpoint,
 )
 from owt.sampling import sample_text
-from owt.schedule import Budget, Schedule
+from owt.schedule import plan
+from owt.stopping import Clock, GracefulStop, StopRequested
 from owt.token_windows import EpochSampler, TokenWindows, micro_batches
 
 SAMPLE_PROMPT = "The meaning of life is"
@@ -75,61 +73,6 @@ def is_compile_failure(exc: BaseException) -> bool:
     from torch._dynamo.exc import TorchDynamoException
 
     return isinstance(exc, TorchDynamoException)
-
-
-class _StopRequested(Exception):
-    """Raised inside the loop after a SIGINT/SIGTERM, once the current step is complete."""
-
-
-class GracefulStop:
-    """While installed: the first SIGINT/SIGTERM asks the loop to finish its step, save and
-    exit; a second one exits at once. `uninstall` puts the previous handlers back."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-
-    def uninstall(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            abandon_saves()  # saves are atomic: the files they were replacing stay valid
-            os._exit(128 + signum)
-        self.signum = signum
-        # os.write, not print: a handler that prints can re-enter a write in progress.
-        name = signal.Signals(signum).name
-        notice = f"\n{name}: finishing this step and saving; press Ctrl-C again to quit at once.\n"
-        os.write(2, notice.encode())
-
-
-class Clock:
-    """Training time for --max_time, kept in `progress.elapsed_seconds` so a resumed run goes
-    on with the same budget. Under torchrun all ranks use the slowest rank's time, so they
-    agree on the learning rate and stop at the same step."""
-
-    def __init__(self, max_time: float, world: World) -> None:
-        self.max_time, self.world = max_time, world
-        self.base, self.started = 0.0, time.perf_counter()
-
-    def start(self, progress: Progress) -> None:
-        self.base, self.started = progress.elapsed_seconds, time.perf_counter()
-
-    def tick(self, progress: Progress) -> None:
-        elapsed = self.base + time.perf_counter() - self.started
-        if self.max_time:
-            elapsed = distributed.max_over_ranks(elapsed, self.world)
-        progress.elapsed_seconds = elapsed
-
-    def left(self, progress: Progress) -> float | None:
-        """Seconds of the time budget left (None without one)."""
-        return max(0.0, self.max_time - progress.elapsed_seconds) if self.max_time else None
 
 
 class Trainer:
@@ -163,14 +106,9 @@ class Trainer:
         self.sampler = EpochSampler(
             len(train_windows), config.sequences_per_step, config.seed, world.rank, world.size
         )
-        self.budget = Budget.of(
-            self.sampler.steps_per_epoch * config.num_epochs, config.max_steps,
-            config.max_tokens, self.tokens_per_step, config.max_time,
-        )  # fmt: skip
-        self.schedule = Schedule.of(
-            config.lr_schedule, self.budget, config.warmup_steps, config.min_lr_ratio,
-            config.cooldown_fraction,
-        )  # fmt: skip
+        self.budget, self.schedule = plan(
+            config, self.sampler.steps_per_epoch, self.tokens_per_step
+        )
         self.signature = run_signature(
             model.config, dataset_fingerprint, config.max_length, config.seed,
             config.sequences_per_step * world.size,
@@ -198,6 +136,7 @@ class Trainer:
         self.stop = GracefulStop()
         self.resume_hint = "add --resume auto to the same command"
         self.hellaswag_items: list[hellaswag.Item] = []  # --eval_hellaswag's, set by the caller
+        self.phases: PhaseTimes | None = None  # benchmarks/bench_train.py times the phases
 
     @property
     def tokens_per_step(self) -> int:
@@ -247,19 +186,25 @@ class Trainer:
         batches = micro_batches(indices, self.batch_size)
         step_loss = torch.zeros((), device=self.device)
         for i, batch in enumerate(batches):
-            x, y = to_device(self.device, *self.train_windows.batch(batch))
+            with self._phase("data"):
+                x, y = to_device(self.device, *self.train_windows.batch(batch))
             last = i == len(batches) - 1
             # DDP: all-reduce gradients only on the step's last micro-batch. FSDP reduce-scatters
             # after every micro-batch: skipping it would keep whole unsharded gradients on each
             # rank until the last one, the memory FSDP is there to save.
             skip_sync = not last and self.world.size > 1 and not self.fsdp
-            with self.step_model.no_sync() if skip_sync else contextlib.nullcontext():
-                with self.autocast():
-                    _, loss = self.step_model(x, y)
-                loss = loss / len(batches)
-                loss.backward()
+            with self._phase("fwd_bwd"):
+                with self.step_model.no_sync() if skip_sync else contextlib.nullcontext():
+                    with self.autocast():
+                        _, loss = self.step_model(x, y)
+                    loss = loss / len(batches)
+                    loss.backward()
             step_loss += loss.detach()
         return step_loss
+
+    def _phase(self, name: str) -> contextlib.AbstractContextManager:
+        """Times `name` into `self.phases` when a benchmark set it; else nothing."""
+        return self.phases.phase(name) if self.phases is not None else contextlib.nullcontext()
 
     def train_step(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Accumulate and clip one step's gradients: (mean loss, gradient norm), on device.
@@ -293,9 +238,12 @@ class Trainer:
                 f"accumulation {self.accumulation} (same tokens per step)"
             )
 
-    def optimizer_step(self, indices: np.ndarray, log: StepLog, metrics: Metrics) -> None:
+    def optimizer_step(
+        self, indices: np.ndarray, log: StepLog, metrics: Metrics
+    ) -> torch.Tensor | None:
         """One optimizer step at the scheduled learning rate; a non-finite loss or gradient
-        skips the update (and too many in a row stop the run)."""
+        skips the update (and too many in a row stop the run). Returns the step's mean loss
+        (on the device), or None if the update was skipped."""
         progress, config = self.progress, self.config
         factor = self.schedule.factor(progress.step, progress.elapsed_seconds)
         lr = config.learning_rate * factor
@@ -325,6 +273,7 @@ class Trainer:
                 "short warmup, or float16 overflow (use bfloat16 or float32). Last good "
                 f"checkpoint: {newest_checkpoint(self.output_dir) or 'none yet'}"
             )
+        return step_loss if finite else None
 
     # ---- evaluation --------------------------------------------------------------------------
 
@@ -397,7 +346,7 @@ class Trainer:
                     )
                     continue
                 self._end_of(metrics, LAST_CHECKPOINT, f"{self.ended_by()} reached")
-        except _StopRequested:
+        except StopRequested:
             self.save(LAST_CHECKPOINT)
             log.close()  # the bar's last line before ours
             self.log(
@@ -432,7 +381,7 @@ class Trainer:
     def _stop_if_asked(self) -> None:
         """All ranks stop at the same step when any of them got SIGINT/SIGTERM."""
         if distributed.any_rank(self.stop.signum is not None, self.world):
-            raise _StopRequested
+            raise StopRequested
 
 
 def summary(trainer: Trainer) -> str:

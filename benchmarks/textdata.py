@@ -1,4 +1,9 @@
-"""Real English text for tests, generated at test time from Python's own documentation."""
+"""Real English text for tests and benchmarks, generated at run time from Python's documentation.
+
+It lives in benchmarks/ so the benchmark scripts import it as a sibling module and the tests
+through pyproject's pytest pythonpath, which covers benchmarks/ (tests/ stays a test suite, not
+a library the benchmarks reach into with sys.path edits).
+"""
 
 from __future__ import annotations
 
