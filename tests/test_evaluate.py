@@ -188,7 +188,9 @@ def hellaswag_repo(items: list[dict]) -> StubRepo:
 
 
 def reference_scores(folder: Path, items: list[dict]) -> tuple[float, float]:
-    """acc and acc_norm by a plain loop: one forward per ending, llm.c's definitions."""
+    """acc and acc_norm by a plain loop: one forward per ending, llm.c's definitions. Checks
+    that no item's best ending wins by less than 1e-4 nats, so that the batched computation's
+    fp32 rounding (~1e-6 here) cannot pick another one on any CPU."""
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -205,6 +207,9 @@ def reference_scores(folder: Path, items: list[dict]) -> tuple[float, float]:
             picked = [logprobs[len(context) - 1 + j, t].item() for j, t in enumerate(ending_ids)]
             totals.append(sum(picked))
             means.append(sum(picked) / len(picked))
+        for scores in (totals, means):
+            best, second = sorted(scores, reverse=True)[:2]
+            assert best - second > 1e-4, "a near tie: choose other items or another seed"
         label = int(item["label"])
         correct += max(range(4), key=totals.__getitem__) == label
         correct_norm += max(range(4), key=means.__getitem__) == label
