@@ -321,29 +321,16 @@ def trainer_steps(trainer: Any) -> Any:
         yield from trainer.sampler.step_windows(epoch)
 
 
-def clean_peak(args: argparse.Namespace, device: Any, dtype: Any, tries: int = 8) -> float:
-    """Best matmul peak over up to 3 clean measurements (negative: none was clean, best
-    overall)."""
-    clean, dirty = [], []
-    meter = ForeignMeter()
-    for _ in range(tries):
-        meter.start()
-        flops = measure.measure_matmul_peak(device, dtype, repeats=1, min_seconds=0.3)
-        (clean if meter.stop() <= args.clean_threshold else dirty).append(flops)
-        if len(clean) >= 3:
-            break
-    return max(clean) if clean else -max(dirty)
-
-
 def peaks(args: argparse.Namespace, device: Any, dtype: Any) -> dict[str, float]:
     """The matmul peak in fp32 and in `dtype`, by dtype name ({} with --no_peak)."""
     import torch
 
     if args.no_peak:
         return {}
-    out = {"fp32": clean_peak(args, device, torch.float32)}
+    out = {"fp32": measure.clean_matmul_peak(device, torch.float32, args.clean_threshold)}
     if dtype != torch.float32:
-        out[str(dtype).removeprefix("torch.")] = clean_peak(args, device, dtype)
+        name = str(dtype).removeprefix("torch.")
+        out[name] = measure.clean_matmul_peak(device, dtype, args.clean_threshold)
     return out
 
 
@@ -382,29 +369,14 @@ def time_steps(args: argparse.Namespace, trainer: Any, dtype: Any) -> dict[str, 
         out["times"]["step"].append(step_s)
         out["foreign"].append(meter.stop())
         if not args.no_peak:
-            out["step_peaks"].append(peak_after_step(args, device, dtype, meter, out["peak_cpu"]))
+            peak = measure.timed_matmul_peak(device, dtype, args.clean_threshold, out["peak_cpu"])
+            out["step_peaks"].append(peak)
         if sum(f <= args.clean_threshold for f in out["foreign"]) >= steps:
             break
     out["wall"] = time.perf_counter() - out["wall0"] - out["peak_cpu"][0]
     out["cpu1"] = os.times()
     log.close()
     return out
-
-
-def peak_after_step(
-    args: argparse.Namespace, device: Any, dtype: Any, meter: Any, spent: list[float]
-) -> float | None:
-    """The matmul peak right after a step (None if disturbed); adds its wall, user and system
-    seconds to `spent`, which the totals leave out."""
-    c0, w0 = os.times(), time.perf_counter()
-    meter.start()
-    flops = measure.measure_matmul_peak(device, dtype, repeats=3, min_seconds=0.1)
-    peak = flops if meter.stop() <= args.clean_threshold else None
-    c1 = os.times()
-    spent[0] += time.perf_counter() - w0
-    spent[1] += c1.user - c0.user
-    spent[2] += c1.system - c0.system
-    return peak
 
 
 def run_shape(args: argparse.Namespace, shape: dict[str, int]) -> dict[str, Any]:

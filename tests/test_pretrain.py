@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import machine
 from owt.token_cache import TokenCache
@@ -67,10 +66,10 @@ def test_one_epoch_writes_every_promised_output(trained):
                 "val/loss", "val/perplexity"]:  # fmt: skip
         assert scalars(out / "tensorboard", tag), tag
     for name in ["checkpoint_epoch_1.pt", "best_model.pt"]:
-        state = torch.load(out / name, weights_only=True)
+        state = read_checkpoint(out / name)
         assert state["model_config"]["num_layers"] == 2
         assert state["epoch"] == 1 and state["step"] == config["total_steps"]
-    epoch = torch.load(out / "checkpoint_epoch_1.pt", weights_only=True)
+    epoch = read_checkpoint(out / "checkpoint_epoch_1.pt")
     assert "optimizer" in epoch and epoch["val_loss"] > 0
     assert str(out) in last_line(result.stderr)
 
@@ -103,7 +102,7 @@ def test_validation_loss_falls_below_what_token_frequencies_give(trained):
     # Learning the unigram frequencies alone gets this far (5.0 here); the model has learned
     # more than that (4.8): which tokens follow which.
     assert val[-1][1] < unigram_cross_entropy(out)
-    best = torch.load(out / "best_model.pt", weights_only=True)
+    best = read_checkpoint(out / "best_model.pt")
     assert best["val_loss"] == pytest.approx(min(v for _, v in val), rel=1e-5)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -242,8 +241,8 @@ def test_compiled_default_trains_like_eager(trained, tmp_path, gpt2_tokenizer_di
         assert [s for s, _ in compiled] == [s for s, _ in eager]
         for (_, a), (_, b) in zip(eager, compiled, strict=True):
             assert b == pytest.approx(a, rel=1e-3), tag
-    a = torch.load(out / "best_model.pt", weights_only=True)["model"]
-    b = torch.load(compiled_out / "best_model.pt", weights_only=True)["model"]
+    a = read_checkpoint(out / "best_model.pt")["model"]
+    b = read_checkpoint(compiled_out / "best_model.pt")["model"]
     assert a.keys() == b.keys()  # no "_orig_mod." prefixes from the compile wrapper
     for name in a:  # bf16 (auto here) rounds fused kernels differently; 116 steps drift ~1%
         assert (b[name] - a[name]).norm() <= 5e-2 * a[name].norm(), name
