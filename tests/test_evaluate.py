@@ -36,7 +36,11 @@ def tiny_gpt2(folder: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
     from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    # initializer_range 0.5, not GPT-2's 0.02: a near-uniform model would give endings of equal
+    # length near-equal scores, and HellaSwag's argmax needs clear winners to be comparable.
+    config = GPT2Config(
+        vocab_size=VOCAB, n_positions=64, n_embd=32, n_layer=2, n_head=2, initializer_range=0.5
+    )
     GPT2LMHeadModel(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
     return folder
