@@ -233,7 +233,7 @@ def test_checkpoint_written_on_the_cpu_resumes_on_cuda(
 OOM_FLAGS = {
     "hidden_size": 768, "num_layers": 12, "num_heads": 12, "max_position_embeddings": 1024,
     "max_length": 128, "batch_size": 4096, "gradient_accumulation_steps": 1,
-    "max_steps": 1, "eval_max_batches": 1, "dtype": "bf16", "compile": "off", "device": "cuda",
+    "max_steps": 1, "eval_max_batches": 1, "dtype": "bfloat16", "compile": "off", "device": "cuda",
 }  # fmt: skip
 
 
