@@ -1,14 +1,16 @@
 """nanoGPT's own model and training step, timed the way bench_train.py times ours.
 
     python3 benchmarks/bench_nanogpt.py --device cuda --dtype bf16 --shape 12x768x1024x32
+    python3 benchmarks/bench_nanogpt.py --shape 12x768x1024x16 --gradient_accumulation_steps 2
 
 The model is karpathy/nanoGPT's model.py, never committed: a copy lives in the git-ignored
 benchmarks/.nanogpt/ (model.py and COMMIT, the commit it came from; benchmarks/README.md says
 how to get it). Without it this prints {"skipped": "nanoGPT copy not present ..."} and exits 0.
 
-The step is nanoGPT train.py's inner loop with one micro-batch: forward under autocast (its
-`ctx`), the next batch fetched while the GPU works (pinned, non-blocking: its get_batch),
-backward, gradient clipping at 1.0, the GradScaler (a no-op unless fp16), its fused AdamW
+The step is nanoGPT train.py's inner loop: per micro-batch (--gradient_accumulation_steps of
+them, default 1) forward under autocast (its `ctx`), the loss divided by their number, the next
+batch fetched while the GPU works (pinned, non-blocking: its get_batch), backward; then
+gradient clipping at 1.0, the GradScaler (a no-op unless fp16), its fused AdamW
 (configure_optimizers: lr 6e-4, betas (0.9, 0.95), weight decay 0.1), zero_grad; TF32 on, and
 torch.compile of the whole model when compiling, as train.py does. Its vocabulary is 50304
 (train.py's default, GPT-2's 50257 padded) unless --vocab_size says otherwise; no dropout, no
@@ -44,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="bf16", help="fp32 | bf16 | fp16 (autocast dtype)")
     p.add_argument("--shape", default="12x768x1024x8", help="LAYERSxWIDTHxSEQxBATCH")
     p.add_argument("--compile", choices=["on", "off"], default="on", help="torch.compile(model)")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=1, help="micro-batches")
     p.add_argument("--vocab_size", type=int, default=NANOGPT_VOCAB)
     p.add_argument("--steps", type=int, default=10, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation)")
@@ -99,16 +102,19 @@ def time_steps(args: argparse.Namespace, nanogpt: Any, token_file: Path) -> dict
     step_model = torch.compile(model) if args.compile == "on" else model
     ctx = nullcontext() if dtype == torch.float32 else torch.autocast(device.type, dtype=dtype)
     data = batches(token_file, shape["batch_size"], shape["seq_len"], device)
+    accumulation = args.gradient_accumulation_steps
     devices.reset_peak_memory(device)
     x, y = next(data)
     times, losses = [], []
     for step in range(args.warmup + args.steps):
         devices.synchronize(device)
         start = time.perf_counter()
-        with ctx:
-            _, loss = step_model(x, y)
-        x, y = next(data)  # fetched while the GPU runs the forward pass, as train.py
-        scaler.scale(loss).backward()
+        for _ in range(accumulation):
+            with ctx:
+                _, loss = step_model(x, y)
+                loss = loss / accumulation
+            x, y = next(data)  # fetched while the GPU runs the forward pass, as train.py
+            scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(optimizer)
@@ -117,11 +123,12 @@ def time_steps(args: argparse.Namespace, nanogpt: Any, token_file: Path) -> dict
         devices.synchronize(device)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-            losses.append(loss.item())
-    tokens_per_step = shape["batch_size"] * shape["seq_len"]
+            losses.append(loss.item() * accumulation)
+    tokens_per_step = shape["batch_size"] * shape["seq_len"] * accumulation
     return {
         "shape": args.shape, "device": str(device), "dtype": devices.format_dtype(dtype),
         "compile": args.compile == "on", "vocab_size": args.vocab_size,
+        "gradient_accumulation_steps": accumulation,
         "params": sum(p.numel() for p in model.parameters()),
         "tokens_per_step": tokens_per_step, "steps": len(times), "warmup": args.warmup,
         "step_s_median": round(median(times), 5),

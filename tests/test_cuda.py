@@ -113,9 +113,10 @@ def test_compiled_bf16_step_matches_fp32_eager_within_bf16_rounding(tmp_path):
 
 # ---- what the step runs on the GPU ---------------------------------------------------------
 
-FUSED_ATTENTION = ("flash", "fmha", "efficient_attention")
-"""Kernel names of SDPA's fused backends: flash (flash_fwd_kernel, cuDNN's ..._flash_...) and
-memory-efficient (fmha_cutlassF..., ..._efficient_attention...)."""
+FUSED_ATTENTION = ("flash", "fmha", "efficient_attention", "cudnn_attention")
+"""Op and kernel names of SDPA's fused backends: flash (aten::_scaled_dot_product_flash_attention,
+flash_fwd_kernel), memory-efficient (..._efficient_attention, fmha_cutlassF...) and cuDNN's
+(..._cudnn_attention, a flash-style kernel that torch may pick on Hopper)."""
 
 
 def test_attention_runs_a_fused_sdpa_kernel(tmp_path):
