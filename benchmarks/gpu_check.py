@@ -13,13 +13,14 @@ measured) and OUT/gpu_check.log (every command and its whole output). The stages
                peak memory, and the count against that peak
   nanogpt      bench_nanogpt.py: nanoGPT's model.py and step at the same shape, tokens per
                step, dtype and compile setting; ours_over_nanogpt is the tokens/s ratio
+  dry_run      pretrain.py --dry_run with the run's flags: the counted memory against the
+               measured peak (target: within 15%); it builds the token cache, and compiles
+               the graphs the run then finds in inductor's cache
   pretrain     pretrain.py with default flags on generated English (Python's documentation,
                textdata.py, repeated to fill 300 steps) for --max_steps 300
   resume       the same run resumed (--resume auto) and extended to step 320
   export_hf    export_hf.py of the last checkpoint
   generate     generate.py from it, on the device
-  dry_run      pretrain.py --dry_run with the run's flags: the counted memory against the
-               measured peak (target: within 15%)
   cuda_tests   pytest -m cuda (tests/test_cuda.py): counts, failures, skip reasons
 
 --cpu runs every stage on the CPU at tiny sizes (fp32, eager, 20 + 5 steps) in about a minute
@@ -48,7 +49,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The meaning of life is"
 STAGES = [
-    "bench_train", "nanogpt", "pretrain", "resume", "export_hf", "generate", "dry_run",
+    "bench_train", "nanogpt", "dry_run", "pretrain", "resume", "export_hf", "generate",
     "cuda_tests",
 ]  # fmt: skip
 MFU_TARGET, NANOGPT_TARGET, DRY_RUN_TOLERANCE = 0.5, 1.0, 0.15
@@ -256,8 +257,10 @@ def english_layout(check: Check) -> tuple[Path, Path]:
 
 
 def run_flags(check: Check, out: Path, steps: int) -> list[Any]:
-    """The run's flags: english_layout's data and tokenizer (written by the pretrain stage)."""
+    """The run's flags, on english_layout's data and tokenizer (written once, on first use)."""
     data, tokenizer = check.work / "data", check.work / "tokenizer"
+    if not (data / "dataset_info.txt").is_file() or not tokenizer.is_dir():
+        english_layout(check)
     flags = ["--data_dir", data, "--tokenizer_name", tokenizer, "--output_dir", out]
     return [*flags, "--max_steps", steps, *(TINY_FLAGS if check.cpu else [])]
 
@@ -268,11 +271,11 @@ def pretrain(check: Check) -> dict[str, Any]:
 
     from same_run import scalars
 
-    data, _ = english_layout(check)
     out = check.work / "run"
     steps = CPU_STEPS if check.cpu else STEPS
     started = time.perf_counter()
     flags = [*run_flags(check, out, steps), "--overwrite"]
+    data = check.work / "data"
     result = check.script("pretrain.py", *flags, timeout=400)
     speeds = [v for _, v in scalars(out / "tensorboard", "train/tokens_per_sec")]
     config = json.loads((out / "config.json").read_text())

@@ -229,20 +229,21 @@ def test_checkpoint_written_on_the_cpu_resumes_on_cuda(
 
 # ---- out of memory ---------------------------------------------------------------------------
 
-# The 124M shape (12 x 768) at 4096 x 128 tokens a micro-batch: owt.memory counts ~500 GB for
-# the step, far over any single card (80 GB H100, 141 GB H200); 512 x 128 (~60 GB) fits either.
+# The 124M shape (12 x 768) at 8192 x 32 tokens a micro-batch: owt.memory counts ~250 GB for
+# the step (~0.95 MB a token), far over any single card (80 GB H100, 141 GB H200); halved
+# twice or three times (2048 x 32, ~60 GB) it fits either.
 OOM_FLAGS = {
     "hidden_size": 768, "num_layers": 12, "num_heads": 12, "max_position_embeddings": 1024,
-    "max_length": 128, "batch_size": 4096, "gradient_accumulation_steps": 1,
+    "max_length": 32, "batch_size": 8192, "gradient_accumulation_steps": 1,
     "max_steps": 1, "eval_max_batches": 1, "dtype": "bfloat16", "compile": "off", "device": "cuda",
 }  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def oom_data(tmp_path_factory, documents) -> Path:
-    """Python's documentation 8 times over (~880k tokens, ~6,800 windows of 129): enough windows
+    """Python's documentation 3 times over (~330k tokens, ~10,000 windows of 33): enough windows
     for the oversized micro-batch; a small validation set, so validating stays small."""
-    return write_layout(tmp_path_factory.mktemp("oom") / "data", documents * 8, documents[-20:])
+    return write_layout(tmp_path_factory.mktemp("oom") / "data", documents * 3, documents[-20:])
 
 
 def test_real_out_of_memory_gives_the_advice_and_auto_batch_recovers(
@@ -252,14 +253,14 @@ def test_real_out_of_memory_gives_the_advice_and_auto_batch_recovers(
     result = run_script("pretrain.py", *args)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
     message = error_line(result)
-    assert "Out of memory on cuda at --batch_size 4096 --max_length 128" in message, message
+    assert "Out of memory on cuda at --batch_size 8192 --max_length 32" in message, message
     assert "--auto_batch" in message
 
     auto = tmp_path / "auto"
     args = pretrain_args(oom_data, auto, gpt2_tokenizer_dir, OOM_FLAGS, auto_batch=True)
     result = run_script("pretrain.py", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "out of memory: micro-batch now 2048" in result.stderr, result.stderr[-3000:]
+    assert "out of memory: micro-batch now 4096" in result.stderr, result.stderr[-3000:]
     assert read_checkpoint(auto / "checkpoint_last.pt")["step"] == 1
 
 
