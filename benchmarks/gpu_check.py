@@ -241,13 +241,15 @@ DEFAULT_TOKENS_PER_STEP = 4 * 8 * 513  # pretrain.py's default batch x accumulat
 
 def english_layout(check: Check) -> tuple[Path, Path]:
     """(dataset layout, GPT-2 tokenizer folder) under OUT/work: Python's documentation, on the
-    GPU repeated (each copy shuffled) until one epoch holds the 300 default steps."""
+    GPU repeated (each copy shuffled) until one epoch holds the 320 default steps of the run
+    and its resume (47 copies, ~5.9M tokens, ~360 steps)."""
     from textdata import english_documents, save_gpt2_tokenizer, write_layout
 
     documents = english_documents()
     train, validation = documents[:-20], documents[-20:]
     if not check.cpu:
-        copies = -(-STEPS * DEFAULT_TOKENS_PER_STEP // 100_000) + 1  # ~100k tokens a copy
+        # ~125k GPT-2 tokens a copy: room for the resumed run inside the one default epoch.
+        copies = -(-RESUMED_STEPS * DEFAULT_TOKENS_PER_STEP // 115_000) + 1
         shuffled = []
         for seed in range(copies):
             shuffled += random.Random(seed).sample(train, len(train))
