@@ -5,7 +5,8 @@
     bash benchmarks/gpu_check.sh OUT --stages bench_train nanogpt     # rerun some stages
 
 Writes OUT/gpu_check.json (rewritten after every stage, so a run cut short keeps what it
-measured) and OUT/gpu_check.log (every command and its whole output). The stages, in order:
+measured; a rerun with --stages into the same OUT keeps the other stages' results) and
+OUT/gpu_check.log (every command and its whole output, appended). The stages, in order:
 
   bench_train  bench_train.py --dtype bf16 at 12x768x1024xB, B the largest power of two whose
                step owt.memory counts at <= 85% of the card (halved while it still runs out
@@ -63,7 +64,12 @@ class Check:
         self.work = out / "work"
         self.work.mkdir(parents=True, exist_ok=True)
         self.log_path = out / "gpu_check.log"
-        self.summary: dict[str, Any] = {"mode": "cpu" if cpu else "cuda", "stages": {}}
+        # A rerun of some stages (--stages) into the same folder keeps the others' results.
+        previous = out / "gpu_check.json"
+        self.summary: dict[str, Any] = {"stages": {}}
+        if previous.is_file():
+            self.summary = json.loads(previous.read_text())
+        self.summary["mode"] = "cpu" if cpu else "cuda"
         self.device = "cpu" if cpu else "cuda"
 
     def log(self, text: str) -> None:

@@ -241,7 +241,7 @@ OOM_FLAGS = {
 
 @pytest.fixture(scope="module")
 def oom_data(tmp_path_factory, documents) -> Path:
-    """Python's documentation 3 times over (~330k tokens, ~10,000 windows of 33): enough windows
+    """Python's documentation 3 times over (~400k tokens, ~12,000 windows of 33): enough windows
     for the oversized micro-batch; a small validation set, so validating stays small."""
     return write_layout(tmp_path_factory.mktemp("oom") / "data", documents * 3, documents[-20:])
 
