@@ -433,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     check.summary["targets"] = targets(check.summary)
     check.summary["total_seconds"] = round(time.perf_counter() - started, 1)
     check.save()
+    print(json.dumps(check.summary, indent=1))  # also on stdout: a remote run's output tail
     failed = [n for n, s in check.summary["stages"].items() if s["status"] != "ok"]
     print(f"gpu_check: {check.out / 'gpu_check.json'}; failed: {failed or 'none'}", file=sys.stderr)
     return 1 if failed else 0
