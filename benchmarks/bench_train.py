@@ -618,10 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.loss_curves:
         if args.wait_idle:
             wait_for_idle(args.wait_idle)
-        text = json.dumps(loss_curves(args))
-        print(text)
-        if args.out:
-            args.out.write_text(text + "\n")
+        measure.report(loss_curves(args), args.out)
         return 0
     if args.child:
         print(json.dumps(run_shape(args, parse_shape(args.child))))
@@ -650,10 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(),
         "results": results,
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    measure.report(report, args.out, indent=2)
     return 0
 
 

@@ -5,14 +5,17 @@
     vendor_peak_flops(device, dtype)         the data-sheet peak of a known CUDA GPU
     ForeignMeter, wait_for_idle              other processes' share of the CPU, and waiting
                                              until they are quiet (shared machines)
+    report(value, out)                       a benchmark's JSON to stdout, and to a file
 
 See README.md in this folder for how they are used and what they measured.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -194,3 +197,11 @@ def wait_for_idle(max_wait_s: float, threshold: float = 0.15, window_s: float = 
             busy = busy_over(1.0)
         if busy <= threshold or time.monotonic() >= deadline:
             return busy
+
+
+def report(value: Any, out: Path | None = None, indent: int | None = None) -> None:
+    """Print a benchmark's result as JSON (its last line of stdout) and write it to `out` too."""
+    text = json.dumps(value, indent=indent)
+    print(text)
+    if out:
+        out.write_text(text + "\n")

@@ -52,11 +52,14 @@ def script_env(
     return {**QUIET, **env, **(set_env or {})}
 
 
-def script_command(script: str, *args: Any, fault: str | None = None, ranks: int = 1) -> list[str]:
+def script_command(
+    script: str, *args: Any, fault: str | None = None, ranks: int = 1, torchrun: bool = False
+) -> list[str]:
     """The command line: train/<script>, through tests/inject.py when `fault` is given (see its
-    docstring), under torchrun (--standalone, `ranks` processes on this machine) when ranks > 1."""
+    docstring), under torchrun (--standalone, `ranks` processes on this machine) when ranks > 1
+    or `torchrun` asks for it with one process."""
     launcher = [sys.executable]
-    if ranks > 1:
+    if ranks > 1 or torchrun:
         launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
     program = [str(INJECT), fault, script] if fault else [str(TRAIN / script)]
     return [*launcher, *program, *map(str, args)]
@@ -69,12 +72,13 @@ def run_script(
     set_env: Mapping[str, str] | None = None,
     fault: str | None = None,
     ranks: int = 1,
+    torchrun: bool = False,
     timeout: float = 600,
 ) -> subprocess.CompletedProcess:
     """Run train/<script> to the end; its stdout and stderr as text. See script_command and
     script_env for the other arguments."""
     return subprocess.run(
-        script_command(script, *args, fault=fault, ranks=ranks),
+        script_command(script, *args, fault=fault, ranks=ranks, torchrun=torchrun),
         capture_output=True,
         text=True,
         env=script_env(env, set_env),

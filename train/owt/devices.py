@@ -140,8 +140,14 @@ def compile_for_training(model: torch.nn.Module, step: Any = None) -> Any:
     tiny model. Eager aten sums each row in a fixed order. What this costs is measured in
     benchmarks/README.md (bench_train.py --compile_embedding).
     """
-    embedding = model.model.embed_tokens
-    embedding.forward = torch.compiler.disable(embedding.forward, recursive=False)
+    # Through a plain function: torch < 2.7's disable(recursive=False) cannot mark a bound
+    # method (it sets an attribute on it). Either way the embedding is in no compiled graph.
+    forward = model.model.embed_tokens.forward
+
+    def embedding_forward(*args: Any, **kwargs: Any) -> Any:
+        return forward(*args, **kwargs)
+
+    model.model.embed_tokens.forward = torch.compiler.disable(embedding_forward, recursive=False)
     return torch.compile(model if step is None else step)
 
 

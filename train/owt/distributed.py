@@ -50,6 +50,12 @@ def check_launch(device_type: str, world_size: int, fsdp: bool) -> None:
         )
     if fsdp and device_type not in ("cuda", "cpu"):
         raise UsageError(f"--fsdp runs on CUDA or CPU, not {device_type}: drop --fsdp")
+    # FSDP2 waits on CPU "streams" through record_event, a no-op that came in torch 2.7.
+    if fsdp and device_type == "cpu" and not hasattr(torch.cpu.Stream, "record_event"):
+        raise UsageError(
+            f"--fsdp on the CPU needs torch 2.7 or later; this is torch {torch.__version__}: "
+            "upgrade torch, or drop --fsdp (DDP)"
+        )
 
 
 def init_world(device_type: str) -> World:

@@ -8,7 +8,19 @@ from typing import Any
 
 import torch
 
+from owt.cli import UsageError
+
 BETAS = (0.9, 0.95)
+
+
+def check_available(kind: str) -> None:
+    """Refuse in one line an optimizer this torch lacks: torch.optim.Muon came in torch 2.9,
+    while the project runs on torch 2.6 and later (pyproject.toml)."""
+    if kind == "muon" and not hasattr(torch.optim, "Muon"):
+        raise UsageError(
+            f"--optimizer muon needs torch 2.9 or later (torch.optim.Muon); this is torch "
+            f"{torch.__version__}: upgrade torch, or use --optimizer adamw"
+        )
 
 
 def build_optimizer(
@@ -34,6 +46,7 @@ def build_optimizer(
         return torch.optim.AdamW(groups, lr=learning_rate, betas=BETAS, eps=1e-8, fused=fused)
     if kind != "muon":
         raise ValueError(f"unknown optimizer {kind!r}; choose adamw or muon")
+    check_available(kind)
     blocks = {id(p) for p in model.model.layers.parameters()}
     matrices = [p for p in model.parameters() if id(p) in blocks and p.dim() == 2]
     chosen = {id(p) for p in matrices}

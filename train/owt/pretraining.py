@@ -34,6 +34,7 @@ from owt.devices import (
 from owt.distributed import World
 from owt.dry_run import dry_run
 from owt.memory import fit_advice
+from owt.optim import check_available
 from owt.outputs import CONFIG_FILE, remove_stale_temp_files
 from owt.token_cache import TokenCache, load_or_build_token_cache
 from owt.token_windows import TokenWindows
@@ -55,6 +56,7 @@ def start_runtime(config: TrainConfig) -> Runtime:
     """Pick the device, dtype and compile choice, tune the backend, join torchrun's group."""
     device = resolve_device(config.device)
     distributed.check_launch(device.type, torchrun_world_size(), config.fsdp)
+    check_available(config.optimizer)  # before hours of tokenizing, not after
     if device.type == "cpu":
         tune_cpu_allocator()  # before torch allocates anything large
     if device.type == "mps":
