@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,10 @@ def fetch_validation(folder: Path | str, retry: RetryPolicy | None = None) -> li
             snapshot, jobs, manifest=manifest, partial_dir=folder / PARTIAL_DIR, retry=retry,
             max_workers=1,
         )  # fmt: skip
-    print(f"HellaSwag: {REPO_ID}@{REVISION} is commit {snapshot.commit}, saved in {folder}")
+    print(
+        f"HellaSwag: {REPO_ID}@{REVISION} is commit {snapshot.commit}, saved in {folder}",
+        file=sys.stderr,
+    )
     return sorted(local for _, local in jobs)
 
 
