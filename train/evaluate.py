@@ -15,13 +15,10 @@ and a 124M checkpoint in one command.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
+from owt.atomic_files import write_json_atomically
 from owt.cli import ArgumentParser, UsageError, run_main
 from owt.config import parse_count
 from owt.dataset_layout import HOW_TO_CREATE, DatasetNotFoundError, check_parquet_files
@@ -131,19 +128,6 @@ def default_output(models: list[tuple[str, str]]) -> Path:
     return Path(checkpoints[0]).parent / "eval.json" if checkpoints else Path("eval.json")
 
 
-def write_json(path: Path, results: dict[str, Any]) -> None:
-    """Atomically: a Ctrl-C or crash leaves the previous file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # The cheap checks first: a wrong path is reported before torch loads.
@@ -163,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     print(evaluating.table(results["models"]))
     if files is not None:
         print(BPB_NOTE)
-    write_json(output, results)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomically(output, results)  # a Ctrl-C leaves the previous file, never half
     print(f"wrote {output}", file=sys.stderr)
     evaluating.log_to_runs(results["models"], writable_runs)
 

@@ -31,6 +31,7 @@ import torch
 
 from model import LlamaForTraining, ModelConfig
 from owt import distributed
+from owt.atomic_files import current_umask
 from owt.cli import UsageError, no_space_left
 
 
@@ -58,7 +59,7 @@ def save_checkpoint(state: dict[str, Any], path: Path | str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     SAVES_IN_PROGRESS.add(tmp)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -88,12 +89,6 @@ def abandon_saves() -> None:
     for tmp in list(SAVES_IN_PROGRESS):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def load_checkpoint(

@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from owt.atomic_files import write_json_atomically
+
 if TYPE_CHECKING:  # only its fields are read: importing it would pull in huggingface_hub
     from owt.hub_listing import RepoSnapshot
 
@@ -76,10 +78,7 @@ class DownloadManifest:
 
     def save(self) -> None:
         with self._lock:
-            text = json.dumps(self.data, indent=2, sort_keys=True) + "\n"
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text(text)
-            os.replace(tmp, self.path)
+            write_json_atomically(self.path, self.data, sort_keys=True)
 
     def set_source(self, snapshot: RepoSnapshot) -> None:
         with self._lock:
@@ -133,6 +132,26 @@ class DownloadManifest:
         with self._lock:
             return self.data["files"].get(remote_path)
 
+    def verified_files(self) -> list[Path] | None:
+        """Without asking the hub: the saved files of every recorded download, sorted, if the
+        source commit is recorded and each file still has the size and mtime it was verified
+        with; None otherwise (nothing recorded, a file consumed, changed or gone)."""
+        with self._lock:
+            entries = list(self.data["files"].values())
+            commit = self.data.get("commit")
+        files = []
+        for entry in entries:
+            if not entry.get("local"):
+                return None
+            local = self.path.parent / entry["local"]
+            try:
+                if not _unchanged(entry, local.stat()):
+                    return None
+            except OSError:
+                return None
+            files.append(local)
+        return sorted(files) if commit and files else None
+
     def is_verified(self, remote: RemoteFile, local: Path) -> bool:
         """Whether `local` holds exactly `remote` (hashing it only if the record cannot tell)."""
         if not local.is_file():
@@ -144,8 +163,7 @@ class DownloadManifest:
         if (
             entry is not None
             and entry.get("sha256", entry.get("git_oid")) == remote.checksum
-            and entry.get("size") == stat.st_size
-            and entry.get("mtime_ns") == stat.st_mtime_ns
+            and _unchanged(entry, stat)
             and entry.get("local") == os.path.relpath(local, self.path.parent)
         ):
             return True
@@ -153,3 +171,8 @@ class DownloadManifest:
             return False
         self.record(remote, local)
         return True
+
+
+def _unchanged(entry: dict, stat: os.stat_result) -> bool:
+    """Whether a file still has the size and mtime its manifest entry recorded at verification."""
+    return entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns

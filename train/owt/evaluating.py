@@ -62,28 +62,28 @@ def read_documents(files: list[Path]) -> list[str]:
 
 
 def score_text(
-    model: EvalModel, documents: list[str], num_bytes: int, length: int, args: argparse.Namespace,
+    model: EvalModel, documents: list[str], num_bytes: int, length: int, batch_size: int,
     device: torch.device,
 ) -> TextScore:  # fmt: skip
     stream = document_stream(model.tokenizer, documents)
     progress = Progress(len(stream) - 1, "tokens", "validation text")
     try:
         return score_stream(
-            model.logits, stream, length, args.batch_size, device, num_bytes, progress.update
+            model.logits, stream, length, batch_size, device, num_bytes, progress.update
         )
     finally:
         progress.close()
 
 
 def score_hellaswag(
-    model: EvalModel, items: list[hellaswag.Item], length: int, args: argparse.Namespace,
+    model: EvalModel, items: list[hellaswag.Item], length: int, batch_size: int,
     device: torch.device,
 ) -> hellaswag.HellaSwagScore:  # fmt: skip
     progress = Progress(len(items), "items", "HellaSwag")
     try:
         return hellaswag.score_items(
             model.logits, model.tokenizer, items, device, length,
-            batch_tokens=args.batch_size * length, on_batch=progress.update,
+            batch_tokens=batch_size * length, on_batch=progress.update,
         )  # fmt: skip
     finally:
         progress.close()
@@ -135,9 +135,9 @@ def evaluate_models(args: argparse.Namespace, files: list[Path] | None) -> dict[
                 if not num_bytes:  # the first model's tokenizer caps the documents for all
                     documents = documents_within(model.tokenizer, documents, args.max_tokens)
                     num_bytes = utf8_bytes(documents)
-                text = score_text(model, documents, num_bytes, length, args, device)
+                text = score_text(model, documents, num_bytes, length, args.batch_size, device)
             if items is not None:
-                swag = score_hellaswag(model, items, length, args, device)
+                swag = score_hellaswag(model, items, length, args.batch_size, device)
         rows.append(result_row(model, text, swag, time.monotonic() - start))
         del model  # before the next one loads: one model in memory at a time
         gc.collect()

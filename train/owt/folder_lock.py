@@ -28,7 +28,6 @@ import shlex
 import socket
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -38,6 +37,7 @@ from pathlib import Path
 import filelock
 from tqdm import tqdm
 
+from owt.atomic_files import write_json_atomically
 from owt.cli import UsageError
 
 LOCK_FILE = ".owt.lock"
@@ -127,7 +127,7 @@ class WriterLock:
                     "on a local disk, or NFS with locking (NFSv4, or lockd for NFSv3)"
                 ) from None
             raise
-        _write_json(self.holder_file, asdict(Holder.this_process()))
+        write_json_atomically(self.holder_file, asdict(Holder.this_process()))
         return True
 
     def release(self) -> None:
@@ -153,16 +153,6 @@ def _read_holder(path: Path) -> Holder | None:
         return Holder(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):  # missing, being replaced, or not ours
         return None
-
-
-def _write_json(path: Path, values: dict) -> None:
-    """Write `path` whole or not at all: a reader never sees half of it."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(values, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ---- a folder one process fills while the others wait ------------------------------------------

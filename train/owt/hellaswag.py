@@ -20,8 +20,6 @@ lm-evaluation-harness preprocesses the text and normalises by characters instead
 
 from __future__ import annotations
 
-import contextlib
-import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from owt.atomic_files import total_size
 from owt.cli import UsageError
 from owt.folder_lock import sole_builder
 from owt.hub_download import (
@@ -73,42 +72,23 @@ class HellaSwagScore:
         return self.correct_norm / self.items
 
 
-def _cached_files(folder: Path) -> list[Path] | None:
-    """The verified validation files of an earlier run (size and mtime as recorded), or None."""
-    manifest = folder / MANIFEST_FILE
-    try:
-        data = json.loads(manifest.read_text())
-        entries = list(data["files"].values())
-        if not data.get("commit") or not entries:
-            return None
-        files = []
-        for entry in entries:
-            local = folder / entry["local"]
-            stat = local.stat()
-            if (stat.st_size, stat.st_mtime_ns) != (entry["size"], entry["mtime_ns"]):
-                return None
-            files.append(local)
-        return sorted(files)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def fetch_validation(folder: Path | str, retry: RetryPolicy | None = None) -> list[Path]:
     """The validation parquet files in `folder`: read from an earlier run's verified download
     if there is one (no network), else downloaded from the hub (see the module docstring)."""
     folder = Path(folder)
-    cached = _cached_files(folder)
+    cached = DownloadManifest(folder / MANIFEST_FILE).verified_files()
     if cached is not None:
         return cached
     folder.mkdir(parents=True, exist_ok=True)
     # Two evaluations started together download once: the second waits, then reads the files.
-    with sole_builder(folder, "the HellaSwag download", lambda: _size(folder / PARTIAL_DIR)):
-        cached = _cached_files(folder)
+    partial = folder / PARTIAL_DIR
+    with sole_builder(folder, "the HellaSwag download", lambda: total_size(partial.glob("*"))):
+        manifest = DownloadManifest(folder / MANIFEST_FILE)  # as the run we waited for left it
+        cached = manifest.verified_files()
         if cached is not None:
             return cached
         retry = retry or RetryPolicy()
         snapshot = list_snapshot(REPO_ID, REVISION, data_files=[VALIDATION_FILES], retry=retry)
-        manifest = DownloadManifest(folder / MANIFEST_FILE)
         manifest.set_source(snapshot)
         jobs = [(remote, folder / remote.path) for remote in snapshot.files]
         download_all(
@@ -120,15 +100,6 @@ def fetch_validation(folder: Path | str, retry: RetryPolicy | None = None) -> li
         file=sys.stderr,
     )
     return sorted(local for _, local in jobs)
-
-
-def _size(folder: Path) -> int:
-    """Bytes of the files in `folder` (a download in progress)."""
-    total = 0
-    for path in folder.glob("*"):
-        with contextlib.suppress(OSError):  # renamed into place meanwhile
-            total += path.stat().st_size
-    return total
 
 
 def read_items(files: Sequence[Path], limit: int = 0) -> list[Item]:

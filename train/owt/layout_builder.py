@@ -36,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from owt.atomic_files import write_text_atomically
 from owt.cli import UsageError
 from owt.dataset_layout import INFO_FILE, SPLITS, TEXT_COLUMN, split_files
 from owt.token_cache import token_dtype
@@ -357,9 +358,7 @@ def publish(data_dir: Path, fields: list[tuple[str, str]], fingerprint: str) -> 
         fields = [*fields, (split, f"{documents:,} documents, {size:,} bytes of parquet")]
     created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     info = format_info([*fields, ("created", created), ("fingerprint", fingerprint)])
-    tmp = build / (INFO_FILE + ".tmp")
-    tmp.write_text(info)
-    os.replace(tmp, build / INFO_FILE)  # from here on, a re-run finishes this publish
+    write_text_atomically(build / INFO_FILE, info)  # from here on, a re-run finishes this publish
     _finish_publish(data_dir)
 
 

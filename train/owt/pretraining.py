@@ -5,7 +5,6 @@ cheap checks (flags, output folder, dataset files) have passed.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import torch
 
 from model import LlamaForTraining
 from owt import distributed, hellaswag
+from owt.atomic_files import write_json_atomically
 from owt.checkpointing import load_checkpoint
 from owt.cli import UsageError
 from owt.config import TrainConfig, torchrun_world_size
@@ -263,7 +263,7 @@ def train(
         return 0
     record = run_record(config, runtime, trainer, cache, recipe)
     if world.is_main:
-        (output_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_json_atomically(output_dir / CONFIG_FILE, record)
         print(
             f"model: {trainer.model.num_parameters() / 1e6:.1f}M parameters on {runtime.device} "
             f"({record['dtype']}{', compiled' if runtime.compile_model else ''}); "
@@ -274,7 +274,7 @@ def train(
     code = trainer.fit()
     if world.is_main:
         record["result"] = run_result(trainer)
-        (output_dir / CONFIG_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        write_json_atomically(output_dir / CONFIG_FILE, record)
     return code
 
 

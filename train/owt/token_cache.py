@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from owt.atomic_files import total_size, write_json_atomically
 from owt.dataset_layout import TEXT_COLUMN, DatasetFileError, check_parquet_files
 from owt.folder_lock import sole_builder
 from owt.tokenization import TextEncoder
@@ -136,17 +137,6 @@ def read_token_cache(directory: Path) -> TokenCache | None:
     )
 
 
-def _bytes_written(directory: Path) -> int:
-    """What the builder has written so far: its token files, temporary or done."""
-    total = 0
-    for path in directory.glob("*.bin*"):
-        try:
-            total += path.stat().st_size
-        except FileNotFoundError:  # renamed into place meanwhile
-            pass
-    return total
-
-
 def load_or_build_token_cache(
     data_dir: Path, files: dict[str, list[Path]], encoder: TextEncoder
 ) -> tuple[TokenCache, bool]:
@@ -161,7 +151,7 @@ def load_or_build_token_cache(
     # Every split's files are checked before any tokenizing starts.
     documents = {split: check_parquet_files(paths) for split, paths in files.items()}
     directory.mkdir(parents=True, exist_ok=True)
-    with sole_builder(directory, "the token cache", lambda: _bytes_written(directory)):
+    with sole_builder(directory, "the token cache", lambda: total_size(directory.glob("*.bin*"))):
         cache = read_token_cache(directory)  # built by the run we waited for
         if cache is not None:
             return cache, False
@@ -191,12 +181,6 @@ def _build_splits(
         "tokenizer": encoder.name,
         "files": {s: [p.name for p in paths] for s, paths in files.items()},
     }
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{META_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(meta, out, indent=2)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, directory / META_FILE)  # the commit point: now the cache is complete
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # The commit point: once meta.json is there, the cache is complete.
+    write_json_atomically(directory / META_FILE, meta)
     return cache
